@@ -1,0 +1,25 @@
+# Small helpers so each directory's CMakeLists.txt stays a list of targets.
+
+# kvstash_library(NAME SOURCES ... [PUBLIC_INCLUDE dir] [DEPS ...] [PRIVATE_DEPS ...])
+function(kvstash_library name)
+  cmake_parse_arguments(A "" "PUBLIC_INCLUDE" "SOURCES;DEPS;PRIVATE_DEPS" ${ARGN})
+  add_library(${name} STATIC ${A_SOURCES})
+  if(A_PUBLIC_INCLUDE)
+    target_include_directories(${name} PUBLIC ${A_PUBLIC_INCLUDE})
+  endif()
+  target_link_libraries(${name} PUBLIC ${A_DEPS} PRIVATE ${A_PRIVATE_DEPS})
+endfunction()
+
+# kvstash_test(NAME SOURCES ... [DEPS ...] [LABELS ...])
+# Registers a GoogleTest binary with ctest; tests are discovered one by one.
+function(kvstash_test name)
+  cmake_parse_arguments(A "" "" "SOURCES;DEPS;LABELS" ${ARGN})
+  add_executable(${name} ${A_SOURCES})
+  target_link_libraries(${name} PRIVATE ${A_DEPS} GTest::gtest GTest::gtest_main GTest::gmock)
+  include(GoogleTest)
+  if(A_LABELS)
+    gtest_discover_tests(${name} PROPERTIES LABELS "${A_LABELS}" DISCOVERY_TIMEOUT 60)
+  else()
+    gtest_discover_tests(${name} DISCOVERY_TIMEOUT 60)
+  endif()
+endfunction()

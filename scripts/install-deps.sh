@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs everything kvstash needs to build and test, from Debian 12 packages only.
+# Idempotent: safe to run again; does nothing when all packages are present.
+set -euo pipefail
+
+pkgs=(
+  build-essential cmake pkg-config ninja-build git
+  libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  libabsl-dev libspdlog-dev libfmt-dev libgtest-dev libgmock-dev libbenchmark-dev
+  libxxhash-dev libcli11-dev libtomlplusplus-dev
+  python3 python3-numpy
+)
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#pkgs[@]} packages present"
+  exit 0
+fi
+echo "install-deps: installing ${missing[*]}"
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

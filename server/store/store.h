@@ -61,6 +61,8 @@ struct StoreStats {
   uint64_t chunks = 0;
   uint64_t logical_bytes = 0;   // sum of 16-bit payload sizes of stored chunks
   uint64_t stored_bytes = 0;    // sum of encoded sizes of stored chunks
+  uint64_t elements = 0;        // sum of element counts (2·L·T·H·D) of stored chunks
+  double equivalent_bit_elements = 0;  // sum of B_eq × elements of stored chunks
   uint64_t hits = 0;            // Get and Lookup keys found
   uint64_t misses = 0;          // Get and Lookup keys not found
   uint64_t evictions = 0;

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# One command: installs dependencies, builds, and runs every test.
+# GPU tests (ctest label `gpu`) skip themselves when no GPU is present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh
+bash scripts/build.sh "$@"
+ctest --test-dir "${BUILD_DIR:-build}" --output-on-failure -j "${JOBS:-$(nproc)}" --timeout 600

@@ -39,6 +39,9 @@ struct StoreOptions {
   kernels::Impl impl = kernels::Impl::kFast;
   // Namespace names longer than this are rejected. Default 256 bytes.
   uint32_t max_namespace_bytes = 256;
+  // Touch every pool page at startup (no page faults under load; a host short of memory
+  // fails at startup). Default false.
+  bool prefault = false;
 };
 
 // What a stored chunk is; returned by Put and Get.
@@ -63,12 +66,12 @@ struct StoreStats {
   uint64_t stored_bytes = 0;    // sum of encoded sizes of stored chunks
   uint64_t elements = 0;        // sum of element counts (2·L·T·H·D) of stored chunks
   double equivalent_bit_elements = 0;  // sum of B_eq × elements of stored chunks
-  uint64_t hits = 0;            // Get and Lookup keys found
-  uint64_t misses = 0;          // Get and Lookup keys not found
-  uint64_t evictions = 0;
-  uint64_t puts = 0;
-  uint64_t gets = 0;
-  uint64_t deletes = 0;
+  uint64_t hits = 0;            // Get keys found + Lookup leading keys found
+  uint64_t misses = 0;          // Get keys not found + Lookups that stopped at a missing key
+  uint64_t evictions = 0;       // chunks removed to make room for a Put
+  uint64_t puts = 0;            // Puts that stored a chunk
+  uint64_t gets = 0;            // Get calls, found or not
+  uint64_t deletes = 0;         // Deletes that removed a chunk
 };
 
 // Called by Get once the decoded size is known; returns where to write `bytes` bytes
@@ -91,13 +94,16 @@ class Store {
                                         std::span<const uint8_t> payload) = 0;
 
   // Decodes `slice` of the chunk into memory from `alloc`, laid out
-  // [l1-l0][2][T][h1-h0][D] in out_dtype. The chunk is pinned while it is read.
-  // Errors: NotFound, InvalidArgument (slice, dtype), DataLoss (corrupt pages).
+  // [l1-l0][2][T][h1-h0][D] in out_dtype. The chunk is pinned while it is read (`alloc`
+  // included) and becomes the most recently used when the read ends.
+  // Errors: NotFound, InvalidArgument (slice, dtype), DataLoss (corrupt pages),
+  // ResourceExhausted (`alloc` returned null).
   virtual absl::StatusOr<ChunkInfo> Get(std::string_view ns, const ChunkKey& key,
                                         const kernels::Slice& slice, kernels::DType out_dtype,
                                         const OutputAllocator& alloc) = 0;
 
-  // Number of leading keys of `chain` present in ns (a prefix match).
+  // Number of leading keys of `chain` present in ns (a prefix match). Does not touch LRU
+  // order; each key is checked under its own shard lock, so the answer is a snapshot.
   virtual uint64_t Lookup(std::string_view ns, std::span<const ChunkKey> chain) = 0;
 
   // Whether one key is present, with its info; does not count as a hit or touch LRU order.

@@ -1,0 +1,508 @@
+#include "server/store/store_impl.h"
+
+#include <xxhash.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <new>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "spdlog/spdlog.h"
+
+namespace kvstash::store::internal {
+namespace {
+
+// A 64-byte aligned, grow-only scratch buffer, one per thread per use, so that steady-state
+// Puts and Gets do not allocate. Buffers above kKeepBytes are released after each use so a
+// single huge chunk does not pin that much memory in every worker thread for good.
+class Scratch {
+ public:
+  static constexpr size_t kAlign = 64;
+  static constexpr size_t kKeepBytes = 256ull << 20;
+
+  Scratch() = default;
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  ~Scratch() { Free(); }
+
+  uint8_t* Get(size_t n) {
+    if (n > cap_) {
+      Free();
+      cap_ = (n + kAlign - 1) / kAlign * kAlign;
+      data_ = static_cast<uint8_t*>(::operator new(cap_, std::align_val_t(kAlign)));
+    }
+    return data_;
+  }
+  void Trim() {
+    if (cap_ > kKeepBytes) Free();
+  }
+
+ private:
+  void Free() {
+    if (data_ != nullptr) ::operator delete(data_, std::align_val_t(kAlign));
+    data_ = nullptr;
+    cap_ = 0;
+  }
+  uint8_t* data_ = nullptr;
+  size_t cap_ = 0;
+};
+
+// Trims a thread's scratch buffer when the calling scope ends, on every return path.
+class TrimOnExit {
+ public:
+  explicit TrimOnExit(Scratch& s) : s_(s) {}
+  ~TrimOnExit() { s_.Trim(); }
+
+ private:
+  Scratch& s_;
+};
+
+thread_local Scratch tls_encode;  // Put: the whole encoded chunk
+thread_local Scratch tls_input;   // Put: a copy of an odd-aligned payload
+thread_local Scratch tls_gather;  // Get: split pair sections made contiguous
+
+std::string KeyString(std::string_view ns, const ChunkKey& key) {
+  return absl::StrFormat("%s/%016x%016x", absl::string_view(ns.data(), ns.size()), key.hi,
+                         key.lo);
+}
+
+absl::Status NotFound(std::string_view ns, const ChunkKey& key) {
+  return absl::NotFoundError(absl::StrCat("chunk ", KeyString(ns, key), " not found"));
+}
+
+ChunkInfo MakeInfo(const kernels::ChunkLayout& layout) {
+  ChunkInfo info;
+  info.shape = layout.shape;
+  info.config = layout.config;
+  info.logical_bytes = layout.shape.payload_bytes();
+  info.stored_bytes = layout.total_bytes;
+  info.equivalent_bits = kernels::EquivalentBits(layout.shape, layout.config);
+  info.true_bits = kernels::TrueBits(layout);
+  return info;
+}
+
+}  // namespace
+
+uint64_t HashKey(std::string_view ns, const ChunkKey& key) {
+  // Keys are usually content hashes already; mixing them in through the seed keeps one pass
+  // over the (short) namespace and spreads keys that differ in either half.
+  const uint64_t seed = key.lo ^ (key.hi * 0x9E3779B97F4A7C15ull);
+  return XXH3_64bits_withSeed(ns.data(), ns.size(), seed);
+}
+
+// RAII: holds one reader reference on an entry; unpins on destruction.
+class StoreImpl::Pin {
+ public:
+  Pin(StoreImpl* store, Entry* e) : store_(store), e_(e) {}
+  Pin(const Pin&) = delete;
+  Pin& operator=(const Pin&) = delete;
+  ~Pin() {
+    if (e_ != nullptr) store_->Unpin(e_);
+  }
+  const Entry* operator->() const { return e_; }
+
+ private:
+  StoreImpl* const store_;
+  Entry* const e_;
+};
+
+StoreImpl::StoreImpl(const StoreOptions& options, std::unique_ptr<memory::PagePool> pool)
+    : options_(options), pool_(std::move(pool)), shards_(new Shard[options.num_shards]) {}
+
+StoreImpl::~StoreImpl() {
+  for (uint32_t i = 0; i < options_.num_shards; ++i) {
+    Shard& s = shards_[i];
+    std::vector<Entry*> dead;
+    {
+      absl::MutexLock lock(&s.mu);
+      if (!s.in_use.empty()) spdlog::error("store: destroyed while a Get is in progress");
+      std::vector<Entry*> all(s.map.begin(), s.map.end());
+      for (Entry* e : all) {
+        if (Entry* d = RemoveLocked(s, e)) dead.push_back(d);
+      }
+    }
+    for (Entry* e : dead) delete e;
+  }
+}
+
+absl::Status StoreImpl::ValidateNamespace(std::string_view ns) const {
+  if (ns.empty()) return absl::InvalidArgumentError("namespace must not be empty");
+  if (ns.size() > options_.max_namespace_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("namespace is ", ns.size(),
+                                                   " bytes, the limit is ",
+                                                   options_.max_namespace_bytes));
+  }
+  return absl::OkStatus();
+}
+
+// --- Pinning and the index --------------------------------------------------------------
+
+Entry* StoreImpl::PinLocked(Shard& s, const KeyRef& k) {
+  auto it = s.map.find(k);
+  if (it == s.map.end()) return nullptr;
+  Entry* e = *it;
+  if (e->refs == 1) {  // unpinned: leaves the evictable list while it is read
+    EntryList::Unlink(e);
+    s.lru_pages -= e->num_pages();
+    s.in_use.PushNewest(e);
+  }
+  ++e->refs;
+  return e;
+}
+
+Entry* StoreImpl::UnrefLocked(Shard& s, Entry* e) {
+  if (e->refs == 0) {
+    spdlog::critical("store: entry {} unreferenced twice", KeyString(e->ns, e->key));
+    std::abort();
+  }
+  --e->refs;
+  if (e->refs == 0) return e;  // out of the index already (the index holds a reference)
+  if (e->refs == 1 && e->in_index) {
+    // The last reader is done: the chunk becomes the most recently used and evictable.
+    EntryList::Unlink(e);
+    e->last_use = clock_.fetch_add(1, std::memory_order_relaxed) + 1;
+    s.lru.PushNewest(e);
+    s.lru_pages += e->num_pages();
+  }
+  return nullptr;
+}
+
+Entry* StoreImpl::RemoveLocked(Shard& s, Entry* e) {
+  s.map.erase(e);
+  EntryList::Unlink(e);
+  if (e->refs == 1) s.lru_pages -= e->num_pages();
+  e->in_index = false;
+  s.chunks -= 1;
+  s.logical_bytes -= e->info.logical_bytes;
+  s.stored_bytes -= e->info.stored_bytes;
+  s.elements -= e->elements;
+  s.equivalent_bit_elements -= e->equivalent_bit_elements;
+  return UnrefLocked(s, e);
+}
+
+void StoreImpl::Unpin(Entry* e) {
+  Shard& s = ShardFor(e->hash);
+  Entry* dead;
+  {
+    absl::MutexLock lock(&s.mu);
+    dead = UnrefLocked(s, e);
+  }
+  delete dead;  // returns its pages to the pool, outside the shard lock
+}
+
+// --- Eviction ---------------------------------------------------------------------------
+//
+// Least recently read first, across shards: every shard keeps its unpinned entries oldest
+// first by a store-wide clock, so the globally oldest is the oldest of the shard heads.
+// Finding it takes one short lock per shard; eviction runs only when the pool is full, and
+// each victim frees at least one page, so this is cheap next to encoding the chunk that
+// needed the room.
+
+Entry* StoreImpl::EvictOldest() {
+  for (;;) {
+    Shard* best = nullptr;
+    uint64_t best_use = std::numeric_limits<uint64_t>::max();
+    for (uint32_t i = 0; i < options_.num_shards; ++i) {
+      Shard& s = shards_[i];
+      absl::MutexLock lock(&s.mu);
+      if (const Entry* o = s.lru.oldest(); o != nullptr && o->last_use < best_use) {
+        best = &s;
+        best_use = o->last_use;
+      }
+    }
+    if (best == nullptr) return nullptr;
+    absl::MutexLock lock(&best->mu);
+    Entry* victim = best->lru.oldest();
+    if (victim == nullptr) continue;  // pinned or removed meanwhile; look again
+    return RemoveLocked(*best, victim);  // refs was 1, so this returns victim
+  }
+}
+
+absl::StatusOr<memory::PageSpan> StoreImpl::AllocateWithEviction(uint64_t num_pages,
+                                                                 const KeyRef& putting,
+                                                                 bool* evicted_self) {
+  *evicted_self = false;
+  if (auto span = pool_->Allocate(num_pages); span.ok()) return span;
+  absl::MutexLock alloc_lock(&alloc_mu_);
+  bool checked = false;
+  for (;;) {
+    auto span = pool_->Allocate(num_pages);
+    if (span.ok() || !absl::IsResourceExhausted(span.status())) return span;
+    if (!checked) {
+      // Evict nothing unless evicting can succeed, so that a Put that cannot fit leaves
+      // the store as it was. Exact when no other thread pins or frees meanwhile.
+      checked = true;
+      uint64_t evictable = 0;
+      for (uint32_t i = 0; i < options_.num_shards; ++i) {
+        absl::MutexLock lock(&shards_[i].mu);
+        evictable += shards_[i].lru_pages;
+      }
+      const uint64_t free = pool_->pages_free();
+      if (free + evictable < num_pages) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "store: chunk needs ", num_pages, " pages of ", pool_->page_bytes(),
+            " bytes; ", free, " are free and ", evictable,
+            " more held by unpinned chunks (the rest are pinned by reads in progress)"));
+      }
+    }
+    Entry* victim = EvictOldest();
+    if (victim == nullptr) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "store: chunk needs ", num_pages, " pages; every other page is pinned by a read "
+          "in progress"));
+    }
+    // The old chunk of the key being put is replaced, not evicted; Put settles the count.
+    if (EntryEq::Same(victim->ref(), putting)) {
+      *evicted_self = true;
+    } else {
+      evictions_.fetch_add(1, std::memory_order_relaxed);
+    }
+    delete victim;
+  }
+}
+
+// --- Operations -------------------------------------------------------------------------
+
+absl::StatusOr<ChunkInfo> StoreImpl::Put(std::string_view ns, const ChunkKey& key,
+                                         const kernels::ChunkShape& shape,
+                                         const kernels::CodecConfig& config,
+                                         std::span<const uint8_t> payload) {
+  if (auto st = ValidateNamespace(ns); !st.ok()) return st;
+  absl::StatusOr<kernels::ChunkLayout> layout = kernels::MakeLayout(shape, config);
+  if (!layout.ok()) return layout.status();
+  if (payload.size() != shape.payload_bytes()) {
+    return absl::InvalidArgumentError(absl::StrCat("payload is ", payload.size(),
+                                                   " bytes, the shape needs ",
+                                                   shape.payload_bytes()));
+  }
+  // Each section gets its own page-aligned run so a layer-range read touches only the
+  // pages of the pairs it decodes.
+  const uint32_t num_pairs = layout->num_pairs();
+  auto entry = std::make_unique<Entry>();
+  entry->section_offset.resize(num_pairs);
+  uint64_t num_pages = pool_->PagesFor(layout->header_bytes);
+  for (uint32_t p = 0; p < num_pairs; ++p) {
+    entry->section_offset[p] = num_pages * pool_->page_bytes();
+    num_pages += pool_->PagesFor(layout->pairs[p].bytes);
+  }
+  if (num_pages > pool_->pages_total()) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "store: chunk of ", layout->total_bytes, " encoded bytes needs ", num_pages,
+        " pages; the whole store holds ", pool_->pages_total()));
+  }
+
+  // Encode outside every lock, into this thread's scratch buffer.
+  const uint16_t* in = reinterpret_cast<const uint16_t*>(payload.data());
+  TrimOnExit trim_input(tls_input);
+  if (reinterpret_cast<uintptr_t>(payload.data()) % alignof(uint16_t) != 0) {
+    uint8_t* copy = tls_input.Get(payload.size());
+    std::memcpy(copy, payload.data(), payload.size());
+    in = reinterpret_cast<const uint16_t*>(copy);
+  }
+  TrimOnExit trim_encode(tls_encode);
+  uint8_t* chunk = tls_encode.Get(layout->total_bytes);
+  if (auto st = kernels::Encode(*layout, in, chunk, options_.impl); !st.ok()) return st;
+  absl::StatusOr<kernels::ParsedHeader> header =
+      kernels::ParseHeader(chunk, layout->total_bytes, /*require_full=*/true);
+  if (!header.ok()) {
+    // The encoder wrote a header its own parser rejects: a codec bug, not a caller error.
+    return absl::InternalError(
+        absl::StrCat("store: encoder produced an unreadable header: ", header.status().message()));
+  }
+
+  entry->ns.assign(ns.data(), ns.size());
+  entry->key = key;
+  entry->hash = HashKey(ns, key);
+  entry->info = MakeInfo(header->layout);
+  entry->elements = shape.elements();
+  entry->equivalent_bit_elements =
+      std::llround(entry->info.equivalent_bits * static_cast<double>(entry->elements));
+  entry->header = *std::move(header);
+  const KeyRef k = entry->ref();
+
+  bool evicted_self = false;
+  absl::StatusOr<memory::PageSpan> pages = AllocateWithEviction(num_pages, k, &evicted_self);
+  if (!pages.ok()) return pages.status();
+  entry->pages = *std::move(pages);
+
+  // Copy into the pages, still outside every lock: nobody else can see this entry yet.
+  const kernels::ChunkLayout& lay = entry->header.layout;
+  entry->pages.Write(0, chunk, lay.header_bytes);
+  entry->direct.resize(num_pairs);
+  for (uint32_t p = 0; p < num_pairs; ++p) {
+    const uint64_t off = entry->section_offset[p];
+    entry->pages.Write(off, chunk + lay.pairs[p].offset, lay.pairs[p].bytes);
+    entry->direct[p] = entry->pages.ContiguousAt(off, lay.pairs[p].bytes);
+  }
+
+  // Publish: one shard lock swaps the old entry for the new, so readers see either.
+  ChunkInfo info = entry->info;
+  Shard& s = ShardFor(k.hash);
+  Entry* dead = nullptr;
+  {
+    absl::MutexLock lock(&s.mu);
+    if (auto it = s.map.find(k); it != s.map.end()) {
+      info.replaced = true;
+      dead = RemoveLocked(s, *it);  // freed now, or by its last reader's unpin
+      // Another Put of this key published after our eviction pass removed the older
+      // chunk: that removal was an eviction after all.
+      if (evicted_self) evictions_.fetch_add(1, std::memory_order_relaxed);
+    } else if (evicted_self) {
+      info.replaced = true;  // the old chunk made room for this one
+    }
+    Entry* e = entry.release();
+    e->refs = 1;
+    e->in_index = true;
+    e->last_use = clock_.fetch_add(1, std::memory_order_relaxed) + 1;
+    s.map.insert(e);
+    s.lru.PushNewest(e);
+    s.lru_pages += e->num_pages();
+    s.chunks += 1;
+    s.logical_bytes += e->info.logical_bytes;
+    s.stored_bytes += e->info.stored_bytes;
+    s.elements += e->elements;
+    s.equivalent_bit_elements += e->equivalent_bit_elements;
+  }
+  delete dead;
+  puts_.fetch_add(1, std::memory_order_relaxed);
+  return info;
+}
+
+absl::StatusOr<ChunkInfo> StoreImpl::Get(std::string_view ns, const ChunkKey& key,
+                                         const kernels::Slice& slice, kernels::DType out_dtype,
+                                         const OutputAllocator& alloc) {
+  gets_.fetch_add(1, std::memory_order_relaxed);
+  if (auto st = ValidateNamespace(ns); !st.ok()) return st;
+  const KeyRef k{ns, key, HashKey(ns, key)};
+  Shard& s = ShardFor(k.hash);
+  Entry* e;
+  {
+    absl::MutexLock lock(&s.mu);
+    e = PinLocked(s, k);
+  }
+  if (e == nullptr) {
+    misses_.fetch_add(1, std::memory_order_relaxed);
+    return NotFound(ns, key);
+  }
+  hits_.fetch_add(1, std::memory_order_relaxed);
+  Pin pin(this, e);  // everything below runs unlocked; the pin keeps the pages alive
+
+  if (out_dtype != kernels::DType::kF16 && out_dtype != kernels::DType::kBF16) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "out_dtype must be fp16 or bf16, got ", static_cast<int>(out_dtype)));
+  }
+  const kernels::ChunkLayout& lay = pin->header.layout;
+  absl::StatusOr<kernels::Slice> resolved = kernels::ResolveSlice(lay.shape, slice);
+  if (!resolved.ok()) return resolved.status();
+  const kernels::PairRange range = kernels::PairsForSlice(*resolved);
+
+  // Sections whose pages are adjacent are read in place; the others are gathered into one
+  // contiguous scratch buffer, each at a 64-byte aligned offset.
+  thread_local std::vector<const uint8_t*> sections;
+  sections.assign(lay.num_pairs(), nullptr);
+  uint64_t gather_bytes = 0;
+  for (uint32_t p = range.first; p <= range.last; ++p) {
+    if (pin->direct[p] == nullptr) gather_bytes += lay.pairs[p].bytes;  // multiples of 64
+  }
+  TrimOnExit trim_gather(tls_gather);
+  uint8_t* gather = gather_bytes > 0 ? tls_gather.Get(gather_bytes) : nullptr;
+  for (uint32_t p = range.first; p <= range.last; ++p) {
+    if (pin->direct[p] != nullptr) {
+      sections[p] = pin->direct[p];
+    } else {
+      pin->pages.Read(pin->section_offset[p], lay.pairs[p].bytes, gather);
+      sections[p] = gather;
+      gather += lay.pairs[p].bytes;
+    }
+  }
+
+  const uint64_t bytes = kernels::DecodedBytes(lay.shape, *resolved);
+  uint8_t* out = alloc(bytes);
+  if (out == nullptr) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("store: output allocator gave no memory for ", bytes, " bytes"));
+  }
+  if (auto st = kernels::DecodeSections(pin->header, sections.data(), *resolved, out_dtype,
+                                        reinterpret_cast<uint16_t*>(out), options_.impl);
+      !st.ok()) {
+    return st;
+  }
+  return pin->info;
+}
+
+uint64_t StoreImpl::Lookup(std::string_view ns, std::span<const ChunkKey> chain) {
+  uint64_t present = 0;
+  for (const ChunkKey& key : chain) {
+    const KeyRef k{ns, key, HashKey(ns, key)};
+    Shard& s = ShardFor(k.hash);
+    bool found;
+    {
+      absl::MutexLock lock(&s.mu);
+      found = s.map.contains(k);
+    }
+    if (!found) break;
+    ++present;
+  }
+  hits_.fetch_add(present, std::memory_order_relaxed);
+  if (present < chain.size()) misses_.fetch_add(1, std::memory_order_relaxed);
+  return present;
+}
+
+absl::StatusOr<ChunkInfo> StoreImpl::Describe(std::string_view ns, const ChunkKey& key) {
+  if (auto st = ValidateNamespace(ns); !st.ok()) return st;
+  const KeyRef k{ns, key, HashKey(ns, key)};
+  Shard& s = ShardFor(k.hash);
+  absl::MutexLock lock(&s.mu);
+  auto it = s.map.find(k);
+  if (it == s.map.end()) return NotFound(ns, key);
+  return (*it)->info;
+}
+
+absl::Status StoreImpl::Delete(std::string_view ns, const ChunkKey& key) {
+  if (auto st = ValidateNamespace(ns); !st.ok()) return st;
+  const KeyRef k{ns, key, HashKey(ns, key)};
+  Shard& s = ShardFor(k.hash);
+  Entry* dead;
+  {
+    absl::MutexLock lock(&s.mu);
+    auto it = s.map.find(k);
+    if (it == s.map.end()) return NotFound(ns, key);
+    dead = RemoveLocked(s, *it);
+  }
+  delete dead;  // null while a reader still holds it; its unpin frees it
+  deletes_.fetch_add(1, std::memory_order_relaxed);
+  return absl::OkStatus();
+}
+
+StoreStats StoreImpl::Stats() const {
+  StoreStats st;
+  uint64_t equivalent_bit_elements = 0;
+  for (uint32_t i = 0; i < options_.num_shards; ++i) {
+    Shard& s = shards_[i];
+    absl::MutexLock lock(&s.mu);
+    st.chunks += s.chunks;
+    st.logical_bytes += s.logical_bytes;
+    st.stored_bytes += s.stored_bytes;
+    st.elements += s.elements;
+    equivalent_bit_elements += s.equivalent_bit_elements;
+  }
+  st.equivalent_bit_elements = static_cast<double>(equivalent_bit_elements);
+  st.page_bytes = pool_->page_bytes();
+  st.pages_total = pool_->pages_total();
+  st.pages_used = pool_->pages_used();
+  st.capacity_bytes = st.pages_total * st.page_bytes;
+  st.used_bytes = st.pages_used * st.page_bytes;
+  st.hits = hits_.load(std::memory_order_relaxed);
+  st.misses = misses_.load(std::memory_order_relaxed);
+  st.evictions = evictions_.load(std::memory_order_relaxed);
+  st.puts = puts_.load(std::memory_order_relaxed);
+  st.gets = gets_.load(std::memory_order_relaxed);
+  st.deletes = deletes_.load(std::memory_order_relaxed);
+  return st;
+}
+
+}  // namespace kvstash::store::internal

@@ -1,0 +1,178 @@
+// The Store implementation: a sharded index of pinned-by-refcount entries over a PagePool,
+// with least-recently-read eviction across shards. Internal to kvstash_store; include
+// store.h instead. The design is in docs/store.md.
+//
+// Thread-safe, as Store. Lock order: alloc_mu_ -> one Shard::mu -> PagePool's mutex.
+// No lock is held while encoding, decoding, copying chunk bytes or calling the
+// OutputAllocator; entries are freed (pages returned) after the shard lock is dropped.
+#ifndef KVSTASH_SERVER_STORE_STORE_IMPL_H_
+#define KVSTASH_SERVER_STORE_STORE_IMPL_H_
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/synchronization/mutex.h"
+#include "kvstash/kernels/codec.h"
+#include "kvstash/kernels/format.h"
+#include "server/memory/page_pool.h"
+#include "server/store/store.h"
+
+namespace kvstash::store::internal {
+
+// (namespace, key) plus its hash, for lookups that must not allocate.
+struct KeyRef {
+  std::string_view ns;
+  ChunkKey key;
+  uint64_t hash = 0;
+};
+uint64_t HashKey(std::string_view ns, const ChunkKey& key);
+
+// One stored chunk. Immutable after publication except the fields marked as guarded by
+// the owning shard's mutex.
+struct Entry {
+  std::string ns;
+  ChunkKey key;
+  uint64_t hash = 0;
+  kernels::ParsedHeader header;  // parsed once at Put, used by every Get
+  ChunkInfo info;                // replaced is always false here
+  uint64_t elements = 0;         // 2·L·T·H·D
+  // B_eq × elements, a whole number (code bits per element summed over the chunk), kept
+  // as an integer so the shard sums add and subtract exactly.
+  uint64_t equivalent_bit_elements = 0;
+  memory::PageSpan pages;        // header run, then one page-aligned run per pair section
+  std::vector<uint64_t> section_offset;  // [P] byte offset of pair p's run in `pages`
+  std::vector<const uint8_t*> direct;    // [P] pair p in place, or null if its run is split
+
+  // Guarded by the owning Shard::mu (not annotatable on a per-shard basis).
+  uint32_t refs = 0;        // 1 for the index while in_index, +1 per reader (pin)
+  bool in_index = false;
+  uint64_t last_use = 0;    // store clock when last published or unpinned
+  Entry* prev = nullptr;    // links in the shard's lru or in_use list
+  Entry* next = nullptr;
+
+  uint64_t num_pages() const { return pages.num_pages(); }
+  KeyRef ref() const { return KeyRef{ns, key, hash}; }
+};
+
+// A circular doubly linked list of entries with a dummy head; oldest at head.next.
+class EntryList {
+ public:
+  EntryList() { head_.prev = head_.next = &head_; }
+  EntryList(const EntryList&) = delete;
+  EntryList& operator=(const EntryList&) = delete;
+  bool empty() const { return head_.next == &head_; }
+  Entry* oldest() const { return empty() ? nullptr : head_.next; }
+  void PushNewest(Entry* e) {
+    e->next = &head_;
+    e->prev = head_.prev;
+    e->prev->next = e;
+    e->next->prev = e;
+  }
+  static void Unlink(Entry* e) {
+    e->next->prev = e->prev;
+    e->prev->next = e->next;
+    e->prev = e->next = nullptr;
+  }
+
+ private:
+  Entry head_;
+};
+
+struct EntryHash {
+  using is_transparent = void;
+  size_t operator()(const Entry* e) const { return e->hash; }
+  size_t operator()(const KeyRef& k) const { return k.hash; }
+};
+struct EntryEq {
+  using is_transparent = void;
+  static bool Same(const KeyRef& a, const KeyRef& b) { return a.key == b.key && a.ns == b.ns; }
+  bool operator()(const Entry* a, const Entry* b) const { return Same(a->ref(), b->ref()); }
+  bool operator()(const Entry* a, const KeyRef& b) const { return Same(a->ref(), b); }
+  bool operator()(const KeyRef& a, const Entry* b) const { return Same(a, b->ref()); }
+};
+
+struct Shard {
+  absl::Mutex mu;
+  absl::flat_hash_set<Entry*, EntryHash, EntryEq> map ABSL_GUARDED_BY(mu);
+  EntryList lru ABSL_GUARDED_BY(mu);     // indexed, unpinned (refs == 1); evictable
+  EntryList in_use ABSL_GUARDED_BY(mu);  // indexed, pinned (refs > 1)
+  uint64_t lru_pages ABSL_GUARDED_BY(mu) = 0;  // pages of the entries in lru
+  uint64_t chunks ABSL_GUARDED_BY(mu) = 0;
+  uint64_t logical_bytes ABSL_GUARDED_BY(mu) = 0;
+  uint64_t stored_bytes ABSL_GUARDED_BY(mu) = 0;
+  uint64_t elements ABSL_GUARDED_BY(mu) = 0;
+  uint64_t equivalent_bit_elements ABSL_GUARDED_BY(mu) = 0;
+};
+
+class StoreImpl final : public Store {
+ public:
+  // REQUIRES: options validated (Store::Create does it).
+  StoreImpl(const StoreOptions& options, std::unique_ptr<memory::PagePool> pool);
+  ~StoreImpl() override;
+
+  absl::StatusOr<ChunkInfo> Put(std::string_view ns, const ChunkKey& key,
+                                const kernels::ChunkShape& shape,
+                                const kernels::CodecConfig& config,
+                                std::span<const uint8_t> payload) override;
+  absl::StatusOr<ChunkInfo> Get(std::string_view ns, const ChunkKey& key,
+                                const kernels::Slice& slice, kernels::DType out_dtype,
+                                const OutputAllocator& alloc) override;
+  uint64_t Lookup(std::string_view ns, std::span<const ChunkKey> chain) override;
+  absl::StatusOr<ChunkInfo> Describe(std::string_view ns, const ChunkKey& key) override;
+  absl::Status Delete(std::string_view ns, const ChunkKey& key) override;
+  StoreStats Stats() const override;
+
+ private:
+  class Pin;
+
+  Shard& ShardFor(uint64_t hash) const {
+    return shards_[(hash >> 40) & (options_.num_shards - 1)];
+  }
+  absl::Status ValidateNamespace(std::string_view ns) const;
+
+  // Takes `num_pages` pages, evicting least-recently-read unpinned chunks as needed.
+  // ResourceExhausted (nothing evicted) when free plus evictable pages fall short.
+  // Sets *evicted_self when the old chunk of `putting` was one of the victims.
+  absl::StatusOr<memory::PageSpan> AllocateWithEviction(uint64_t num_pages,
+                                                        const KeyRef& putting,
+                                                        bool* evicted_self);
+  // Removes the globally oldest unpinned entry from the index and returns it for the
+  // caller to count and delete outside every lock; null when nothing is evictable.
+  Entry* EvictOldest() ABSL_EXCLUSIVE_LOCKS_REQUIRED(alloc_mu_);
+
+  // Pins the entry of `k` (refs++, moved to in_use), or null when absent.
+  Entry* PinLocked(Shard& s, const KeyRef& k) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s.mu);
+  // Drops one reference; returns the entry when that was the last one (the caller deletes
+  // it after unlocking), else null. An indexed entry left unpinned becomes the newest.
+  Entry* UnrefLocked(Shard& s, Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s.mu);
+  // Takes an indexed entry out of the index and its list, dropping the index's reference.
+  Entry* RemoveLocked(Shard& s, Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s.mu);
+  void Unpin(Entry* e);
+
+  const StoreOptions options_;
+  const std::unique_ptr<memory::PagePool> pool_;
+  const std::unique_ptr<Shard[]> shards_;
+
+  // Serializes the eviction slow path so that concurrent Puts under pressure do not
+  // evict on each other's behalf more than needed.
+  absl::Mutex alloc_mu_;
+  // Logical clock for LRU order; advanced under a shard lock, so monotone within a shard.
+  std::atomic<uint64_t> clock_{0};
+
+  std::atomic<uint64_t> hits_{0};
+  std::atomic<uint64_t> misses_{0};
+  std::atomic<uint64_t> evictions_{0};
+  std::atomic<uint64_t> puts_{0};
+  std::atomic<uint64_t> gets_{0};
+  std::atomic<uint64_t> deletes_{0};
+};
+
+}  // namespace kvstash::store::internal
+
+#endif  // KVSTASH_SERVER_STORE_STORE_IMPL_H_

@@ -1,0 +1,86 @@
+#include "kvstash/kernels/cuda_chunk.h"
+
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "kvstash/kernels/cuda_status.h"
+
+namespace kvstash::kernels::cuda {
+
+CudaGeometry GeometryOf(const ChunkLayout& layout) {
+  const ChunkShape& s = layout.shape;
+  const CodecConfig& c = layout.config;
+  CudaGeometry g;
+  g.num_layers = s.num_layers;
+  g.num_tokens = s.num_tokens;
+  g.num_heads = s.num_heads;
+  g.head_dim = s.head_dim;
+  g.dtype = static_cast<uint32_t>(s.dtype);
+  g.raw = c.raw ? 1 : 0;
+  g.k_q = c.k_q, g.v_q = c.v_q, g.k_m = c.k_m, g.v_m = c.v_m;
+  g.eta1 = c.eta1, g.eta2 = c.eta2;
+  g.num_groups_t = layout.num_groups_t;
+  g.quant_tokens = layout.quant_tokens;
+  g.tail_tokens = layout.tail_tokens;
+  g.groups = layout.groups;
+  g.header_bytes = layout.header_bytes;
+  g.total_bytes = layout.total_bytes;
+  return g;
+}
+
+absl::Status InvalidElementStatus(const ChunkShape& shape, uint64_t index, uint16_t value) {
+  uint64_t r = index;
+  const uint64_t d = r % shape.head_dim;
+  r /= shape.head_dim;
+  const uint64_t h = r % shape.num_heads;
+  r /= shape.num_heads;
+  const uint64_t t = r % shape.num_tokens;
+  r /= shape.num_tokens;
+  const uint64_t x = r % 2, l = r / 2;
+  const bool non_finite = shape.dtype == DType::kBF16 ? (value & 0x7F80u) == 0x7F80u
+                                                      : (value & 0x7C00u) == 0x7C00u;
+  return absl::InvalidArgumentError(absl::StrCat(
+      "input: element (layer ", l, ", ", x == 0 ? "K" : "V", ", token ", t, ", head ", h,
+      ", channel ", d, ") = 0x", absl::Hex(value, absl::kZeroPad4), " is ",
+      non_finite ? "NaN or Inf" : "a bf16 value with |x| >= 2^126", " in a ",
+      std::string(DTypeName(shape.dtype)), " chunk"));
+}
+
+absl::Status EncodeToHost(const ChunkLayout& layout, const uint16_t* d_in, uint8_t* d_out,
+                          unsigned long long* d_flag, cudaStream_t stream, uint8_t* host_out) {
+  const CudaGeometry geo = GeometryOf(layout);
+  ValidateParams vp;
+  vp.in = d_in;
+  vp.count = layout.shape.elements();
+  vp.dtype = geo.dtype;
+  vp.flag = d_flag;
+  KVSTASH_CUDA_RETURN_IF_ERROR(LaunchValidate(vp, stream), "gpu encode: validate");
+  EncodeParams ep;
+  ep.geo = geo;
+  ep.in = d_in;
+  ep.out = d_out;
+  ep.gate = d_flag;
+  KVSTASH_CUDA_RETURN_IF_ERROR(LaunchEncode(ep, stream), "gpu encode: launch");
+  unsigned long long bad = kNoBadElement;
+  KVSTASH_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(&bad, d_flag, sizeof(bad), cudaMemcpyDeviceToHost, stream),
+      "gpu encode: copy flag");
+  const uint64_t hb = layout.header_bytes;
+  KVSTASH_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_out + hb, d_out + hb,
+                                               layout.total_bytes - hb,
+                                               cudaMemcpyDeviceToHost, stream),
+                               "gpu encode: copy sections");
+  KVSTASH_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream), "gpu encode: synchronize");
+  if (bad != kNoBadElement) {
+    uint16_t value = 0;
+    KVSTASH_CUDA_RETURN_IF_ERROR(
+        cudaMemcpy(&value, d_in + bad, sizeof(value), cudaMemcpyDeviceToHost),
+        "gpu encode: copy bad element");
+    return InvalidElementStatus(layout.shape, bad, value);
+  }
+  WriteHeader(layout, host_out);
+  SealChecksums(layout, host_out);
+  return absl::OkStatus();
+}
+
+}  // namespace kvstash::kernels::cuda

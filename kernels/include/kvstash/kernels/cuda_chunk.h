@@ -1,0 +1,37 @@
+// Host glue between the chunk format (format.h, absl::Status) and the framework-free CUDA
+// launchers of cuda_codec.h: geometry from a ChunkLayout, the InvalidArgument status of a
+// rejected element, and the whole separate-pass encode protocol for one chunk.
+// Thread-safe: no shared state; each call uses only the stream and buffers it is given.
+#ifndef KVSTASH_KERNELS_CUDA_CHUNK_H_
+#define KVSTASH_KERNELS_CUDA_CHUNK_H_
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "kvstash/kernels/cuda_codec.h"
+#include "kvstash/kernels/format.h"
+
+namespace kvstash::kernels::cuda {
+
+// The launchers' view of `layout`. REQUIRES: layout made by ComputeLayout/MakeLayout.
+CudaGeometry GeometryOf(const ChunkLayout& layout);
+
+// InvalidArgument naming the element at `index` of one chunk ([L][2][T][H][D] flat index,
+// as LaunchValidate reports it minus c·shape.elements()) and its 16-bit pattern `value`.
+absl::Status InvalidElementStatus(const ChunkShape& shape, uint64_t index, uint16_t value);
+
+// Encodes one chunk on the device and brings it to host, ready to store:
+//   LaunchValidate -> LaunchEncode(gate) -> copy the flag and sections back -> synchronize
+//   -> on a bad element, InvalidArgument (nothing was written to d_out) -> WriteHeader and
+//   SealChecksums into host_out.
+// d_in: [L][2][T][H][D] device input; d_out: device scratch of layout.total_bytes;
+// d_flag: one device word; host_out: layout.total_bytes host bytes (pinned for speed).
+// Synchronizes `stream`. CUDA failures come back through CudaStatus.
+absl::Status EncodeToHost(const ChunkLayout& layout, const uint16_t* d_in, uint8_t* d_out,
+                          unsigned long long* d_flag, cudaStream_t stream, uint8_t* host_out);
+
+}  // namespace kvstash::kernels::cuda
+
+#endif  // KVSTASH_KERNELS_CUDA_CHUNK_H_

@@ -1,0 +1,184 @@
+// The kvstash C++ client: a thin, typed front end to the daemon's gRPC API
+// (proto/kvstash/v1/kvstash.proto; semantics in docs/api.md). No generated protobuf or gRPC
+// type appears in this header.
+//
+// Thread-safe: one Client may be shared by any number of threads; calls are independent
+// and each carries its own deadline.
+//
+// Errors: every method returns the daemon's status with its code and message unchanged
+// (InvalidArgument, NotFound, ResourceExhausted, ...). A daemon that cannot be reached is
+// Unavailable; a call that runs past its deadline is DeadlineExceeded.
+#ifndef KVSTASH_CLIENT_CLIENT_H_
+#define KVSTASH_CLIENT_CLIENT_H_
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kvstash/client/chunk_key.h"
+#include "kvstash/kernels/codec.h"
+#include "kvstash/kernels/format.h"
+
+namespace kvstash::client {
+
+struct ClientOptions {
+  // Daemon address, "host:port" (any gRPC target). Default "127.0.0.1:7450".
+  std::string target = "127.0.0.1:7450";
+  // Deadline of a call that does not set its own. Default 30 s.
+  std::chrono::milliseconds default_timeout{30'000};
+  // Largest message sent or received, bytes. Default 256 MiB; the daemon has its own limit
+  // (Stats().max_message_bytes).
+  int max_message_bytes = 256 << 20;
+  // When > 0, Connect waits this long for the channel to be ready and fails with
+  // Unavailable otherwise. Default 0: connect lazily on the first call.
+  std::chrono::milliseconds connect_timeout{0};
+};
+
+// Per-call settings.
+struct CallOptions {
+  // Overrides ClientOptions::default_timeout for this call.
+  std::optional<std::chrono::milliseconds> timeout;
+};
+
+// How a chunk is encoded: a named preset, or a custom configuration.
+struct Codec {
+  // The preset; kCustom means `config` is sent as is (config.raw must be false: use the
+  // fp16 preset for lossless storage).
+  kernels::Preset preset = kernels::Preset::kXQuant;
+  kernels::CodecConfig config;  // used only when preset == kCustom
+
+  static Codec FromPreset(kernels::Preset p) { return Codec{p, {}}; }
+  static Codec Custom(const kernels::CodecConfig& c) {
+    return Codec{kernels::Preset::kCustom, c};
+  }
+};
+
+// What a stored chunk is and what it costs.
+struct ChunkInfo {
+  kernels::ChunkShape shape;           // geometry and stored dtype
+  kernels::Preset preset = kernels::Preset::kCustom;  // kCustom for a custom configuration
+  kernels::CodecConfig config;         // the effective configuration (also for presets)
+  uint64_t logical_bytes = 0;          // 16-bit payload bytes
+  uint64_t stored_bytes = 0;           // encoded bytes the daemon keeps
+  double equivalent_bits = 0;          // B_eq, code bits only
+  double true_bits = 0;                // every stored bit per element
+
+  double compression_ratio() const {
+    return stored_bytes ? static_cast<double>(logical_bytes) / stored_bytes : 0.0;
+  }
+};
+
+// One chunk to store. `data` is borrowed for the duration of the call.
+struct PutChunk {
+  ChunkKey key;
+  kernels::ChunkShape shape;           // payload layout [L][2][T][H][D] in shape.dtype
+  Codec codec;
+  std::span<const uint8_t> data;       // exactly shape.payload_bytes() bytes
+};
+
+struct PutResult {
+  ChunkKey key;
+  ChunkInfo info;
+  bool replaced = false;               // an existing chunk of this key was replaced
+};
+
+struct GetOptions {
+  // Layers and heads to decode; an end of 0 means "to the last". Default: everything.
+  kernels::Slice slice;
+  // Output dtype; kUnspecified returns the chunk's own dtype.
+  kernels::DType output_dtype = kernels::DType::kUnspecified;
+  // false: one missing key fails the whole call with NotFound. true: missing keys come
+  // back with found == false.
+  bool allow_missing = false;
+};
+
+struct GetResult {
+  ChunkKey key;
+  bool found = false;
+  ChunkInfo info;                      // the whole stored chunk
+  kernels::DType dtype = kernels::DType::kUnspecified;  // dtype of data
+  // [l1-l0][2][T][h1-h0][D] 16-bit little-endian values of the requested slice.
+  std::string data;
+};
+
+struct DeleteResult {
+  uint32_t deleted = 0;
+  uint32_t not_found = 0;
+};
+
+struct StoreStats {
+  uint64_t capacity_bytes = 0;
+  uint64_t used_bytes = 0;
+  uint64_t page_bytes = 0;
+  uint64_t chunks = 0;
+  uint64_t logical_bytes = 0;
+  uint64_t stored_bytes = 0;
+  uint64_t hits = 0;
+  uint64_t misses = 0;
+  uint64_t evictions = 0;
+  uint64_t puts = 0;
+  uint64_t gets = 0;
+  uint64_t deletes = 0;
+  double equivalent_bits = 0;  // element-weighted mean B_eq over stored chunks
+  double true_bits = 0;        // 8 · stored_bytes / stored elements
+  std::string version;
+  std::string codec_path;      // "avx2", "scalar" or "cuda"
+  uint64_t max_message_bytes = 0;
+
+  double compression_ratio() const {
+    return stored_bytes ? static_cast<double>(logical_bytes) / stored_bytes : 0.0;
+  }
+};
+
+class Client {
+ public:
+  // Creates a channel to options.target. Fails with InvalidArgument for a bad option and,
+  // when options.connect_timeout > 0, with Unavailable if the daemon is not reachable.
+  static absl::StatusOr<std::unique_ptr<Client>> Connect(const ClientOptions& options);
+
+  virtual ~Client() = default;
+
+  // Stores chunks in namespace `ns` (non-empty), all in one request; results in the order
+  // of `chunks`. The daemon validates everything (shape, codec, payload size, NaN/Inf:
+  // InvalidArgument) and stores all or nothing.
+  virtual absl::StatusOr<std::vector<PutResult>> Put(std::string_view ns,
+                                                     std::span<const PutChunk> chunks,
+                                                     const CallOptions& call = {}) = 0;
+  // One chunk.
+  absl::StatusOr<PutResult> Put(std::string_view ns, const PutChunk& chunk,
+                                const CallOptions& call = {});
+
+  // Decodes `options.slice` of each key; results in the order of `keys`.
+  virtual absl::StatusOr<std::vector<GetResult>> Get(std::string_view ns,
+                                                     std::span<const ChunkKey> keys,
+                                                     const GetOptions& options = {},
+                                                     const CallOptions& call = {}) = 0;
+  // One key; NotFound when it is absent (options.allow_missing is ignored).
+  absl::StatusOr<GetResult> Get(std::string_view ns, const ChunkKey& key,
+                                const GetOptions& options = {}, const CallOptions& call = {});
+
+  // How many leading keys of `chain` are stored. A miss is not an error.
+  virtual absl::StatusOr<uint32_t> Lookup(std::string_view ns, std::span<const ChunkKey> chain,
+                                          const CallOptions& call = {}) = 0;
+
+  // Removes the keys; absent keys are counted, not an error.
+  virtual absl::StatusOr<DeleteResult> Delete(std::string_view ns,
+                                              std::span<const ChunkKey> keys,
+                                              const CallOptions& call = {}) = 0;
+
+  virtual absl::StatusOr<StoreStats> Stats(const CallOptions& call = {}) = 0;
+
+  // The target this client talks to.
+  virtual const std::string& target() const = 0;
+};
+
+}  // namespace kvstash::client
+
+#endif  // KVSTASH_CLIENT_CLIENT_H_

@@ -1,0 +1,291 @@
+#include "kvstash/client/client.h"
+
+#include <chrono>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "grpcpp/grpcpp.h"
+#include "kvstash/v1/kvstash.grpc.pb.h"
+#include "kvstash/v1/kvstash.pb.h"
+#include "status.h"
+
+namespace kvstash::client {
+namespace {
+
+namespace pb = ::kvstash::v1;
+
+// --- Conversions between the public structs and the wire messages. The enum values of
+// kernels::DType / kernels::Preset equal the proto's by design (both start at 1 for fp16).
+
+void ToProto(const ChunkKey& k, pb::ChunkKey* out) {
+  out->set_hi(k.hi);
+  out->set_lo(k.lo);
+}
+ChunkKey FromProto(const pb::ChunkKey& k) { return ChunkKey{k.hi(), k.lo()}; }
+
+pb::DType ToProto(kernels::DType d) { return static_cast<pb::DType>(static_cast<int>(d)); }
+kernels::DType FromProto(pb::DType d) {
+  switch (d) {
+    case pb::DTYPE_FP16: return kernels::DType::kF16;
+    case pb::DTYPE_BF16: return kernels::DType::kBF16;
+    default: return kernels::DType::kUnspecified;
+  }
+}
+
+kernels::Preset FromProto(pb::Preset p) {
+  switch (p) {
+    case pb::PRESET_FP16: return kernels::Preset::kFp16;
+    case pb::PRESET_KIVI_2: return kernels::Preset::kKivi2;
+    case pb::PRESET_ASYMKV_1_5: return kernels::Preset::kAsymKv15;
+    case pb::PRESET_XQUANT: return kernels::Preset::kXQuant;
+    default: return kernels::Preset::kCustom;
+  }
+}
+
+void ToProto(const kernels::ChunkShape& s, pb::Layout* out) {
+  out->set_num_layers(s.num_layers);
+  out->set_num_tokens(s.num_tokens);
+  out->set_num_heads(s.num_heads);
+  out->set_head_dim(s.head_dim);
+}
+
+absl::Status ToProto(const Codec& c, pb::Codec* out) {
+  if (c.preset != kernels::Preset::kCustom) {
+    out->set_preset(static_cast<pb::Preset>(static_cast<int>(c.preset)));
+    return absl::OkStatus();
+  }
+  if (c.config.raw) {
+    return absl::InvalidArgumentError(
+        "codec.config.raw: a custom configuration cannot be raw; use the fp16 preset");
+  }
+  pb::CodecConfig* cc = out->mutable_custom();
+  cc->set_k_q(c.config.k_q);
+  cc->set_v_q(c.config.v_q);
+  cc->set_k_m(c.config.k_m);
+  cc->set_v_m(c.config.v_m);
+  cc->set_eta1(c.config.eta1);
+  cc->set_eta2(c.config.eta2);
+  return absl::OkStatus();
+}
+
+ChunkInfo FromProto(const pb::ChunkInfo& in) {
+  ChunkInfo info;
+  info.shape.num_layers = in.layout().num_layers();
+  info.shape.num_tokens = in.layout().num_tokens();
+  info.shape.num_heads = in.layout().num_heads();
+  info.shape.head_dim = in.layout().head_dim();
+  info.shape.dtype = FromProto(in.dtype());
+  info.preset = FromProto(in.preset());
+  info.config.raw = info.preset == kernels::Preset::kFp16;
+  info.config.k_q = in.config().k_q();
+  info.config.v_q = in.config().v_q();
+  info.config.k_m = in.config().k_m();
+  info.config.v_m = in.config().v_m();
+  info.config.eta1 = in.config().eta1();
+  info.config.eta2 = in.config().eta2();
+  info.config.preset = info.preset;
+  info.logical_bytes = in.logical_bytes();
+  info.stored_bytes = in.stored_bytes();
+  info.equivalent_bits = in.equivalent_bits();
+  info.true_bits = in.true_bits();
+  return info;
+}
+
+void ToProto(uint32_t begin, uint32_t end, pb::Range* out) {
+  out->set_begin(begin);
+  out->set_end(end);
+}
+
+class GrpcClient final : public Client {
+ public:
+  GrpcClient(const ClientOptions& options, std::shared_ptr<grpc::Channel> channel)
+      : options_(options), channel_(std::move(channel)), stub_(pb::KvStash::NewStub(channel_)) {}
+
+  using Client::Get;
+  using Client::Put;
+
+  absl::StatusOr<std::vector<PutResult>> Put(std::string_view ns,
+                                             std::span<const PutChunk> chunks,
+                                             const CallOptions& call) override {
+    pb::PutRequest req;
+    req.mutable_chunks()->Reserve(static_cast<int>(chunks.size()));
+    for (const PutChunk& c : chunks) {
+      pb::PutChunk* out = req.add_chunks();
+      out->set_namespace_(std::string(ns));
+      ToProto(c.key, out->mutable_key());
+      ToProto(c.shape, out->mutable_layout());
+      out->set_dtype(ToProto(c.shape.dtype));
+      if (absl::Status s = ToProto(c.codec, out->mutable_codec()); !s.ok()) return s;
+      out->set_data(c.data.data(), c.data.size());
+    }
+    pb::PutResponse resp;
+    grpc::ClientContext ctx;
+    SetDeadline(call, &ctx);
+    if (absl::Status s = internal::FromGrpcStatus(stub_->Put(&ctx, req, &resp)); !s.ok()) {
+      return s;
+    }
+    std::vector<PutResult> results;
+    results.reserve(resp.results_size());
+    for (const pb::PutResult& r : resp.results()) {
+      results.push_back(PutResult{FromProto(r.key()), FromProto(r.info()), r.replaced()});
+    }
+    return results;
+  }
+
+  absl::StatusOr<std::vector<GetResult>> Get(std::string_view ns, std::span<const ChunkKey> keys,
+                                             const GetOptions& options,
+                                             const CallOptions& call) override {
+    pb::GetRequest req;
+    req.set_namespace_(std::string(ns));
+    for (const ChunkKey& k : keys) ToProto(k, req.add_keys());
+    const kernels::Slice& s = options.slice;
+    if (s.layer_begin != 0 || s.layer_end != 0) {
+      ToProto(s.layer_begin, s.layer_end, req.mutable_layers());
+    }
+    if (s.head_begin != 0 || s.head_end != 0) {
+      ToProto(s.head_begin, s.head_end, req.mutable_heads());
+    }
+    req.set_output_dtype(ToProto(options.output_dtype));
+    req.set_allow_missing(options.allow_missing);
+    pb::GetResponse resp;
+    grpc::ClientContext ctx;
+    SetDeadline(call, &ctx);
+    if (absl::Status st = internal::FromGrpcStatus(stub_->Get(&ctx, req, &resp)); !st.ok()) {
+      return st;
+    }
+    std::vector<GetResult> results;
+    results.reserve(resp.results_size());
+    for (pb::GetResult& r : *resp.mutable_results()) {
+      GetResult out;
+      out.key = FromProto(r.key());
+      out.found = r.found();
+      if (out.found) out.info = FromProto(r.info());
+      out.dtype = FromProto(r.dtype());
+      out.data = std::move(*r.mutable_data());  // the response is heap-allocated: no copy
+      results.push_back(std::move(out));
+    }
+    return results;
+  }
+
+  absl::StatusOr<uint32_t> Lookup(std::string_view ns, std::span<const ChunkKey> chain,
+                                  const CallOptions& call) override {
+    pb::LookupRequest req;
+    req.set_namespace_(std::string(ns));
+    for (const ChunkKey& k : chain) ToProto(k, req.add_keys());
+    pb::LookupResponse resp;
+    grpc::ClientContext ctx;
+    SetDeadline(call, &ctx);
+    if (absl::Status s = internal::FromGrpcStatus(stub_->Lookup(&ctx, req, &resp)); !s.ok()) {
+      return s;
+    }
+    return resp.present_prefix();
+  }
+
+  absl::StatusOr<DeleteResult> Delete(std::string_view ns, std::span<const ChunkKey> keys,
+                                      const CallOptions& call) override {
+    pb::DeleteRequest req;
+    req.set_namespace_(std::string(ns));
+    for (const ChunkKey& k : keys) ToProto(k, req.add_keys());
+    pb::DeleteResponse resp;
+    grpc::ClientContext ctx;
+    SetDeadline(call, &ctx);
+    if (absl::Status s = internal::FromGrpcStatus(stub_->Delete(&ctx, req, &resp)); !s.ok()) {
+      return s;
+    }
+    return DeleteResult{resp.deleted(), resp.not_found()};
+  }
+
+  absl::StatusOr<StoreStats> Stats(const CallOptions& call) override {
+    pb::StatsRequest req;
+    pb::StatsResponse resp;
+    grpc::ClientContext ctx;
+    SetDeadline(call, &ctx);
+    if (absl::Status s = internal::FromGrpcStatus(stub_->Stats(&ctx, req, &resp)); !s.ok()) {
+      return s;
+    }
+    StoreStats out;
+    out.capacity_bytes = resp.capacity_bytes();
+    out.used_bytes = resp.used_bytes();
+    out.page_bytes = resp.page_bytes();
+    out.chunks = resp.chunks();
+    out.logical_bytes = resp.logical_bytes();
+    out.stored_bytes = resp.stored_bytes();
+    out.hits = resp.hits();
+    out.misses = resp.misses();
+    out.evictions = resp.evictions();
+    out.puts = resp.puts();
+    out.gets = resp.gets();
+    out.deletes = resp.deletes();
+    out.equivalent_bits = resp.equivalent_bits();
+    out.true_bits = resp.true_bits();
+    out.version = resp.version();
+    out.codec_path = resp.codec_path();
+    out.max_message_bytes = resp.max_message_bytes();
+    return out;
+  }
+
+  const std::string& target() const override { return options_.target; }
+
+ private:
+  void SetDeadline(const CallOptions& call, grpc::ClientContext* ctx) const {
+    const std::chrono::milliseconds timeout = call.timeout.value_or(options_.default_timeout);
+    ctx->set_deadline(std::chrono::system_clock::now() + timeout);
+  }
+
+  const ClientOptions options_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<pb::KvStash::Stub> stub_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& options) {
+  if (options.target.empty()) return absl::InvalidArgumentError("target: empty address");
+  if (options.default_timeout.count() <= 0) {
+    return absl::InvalidArgumentError("default_timeout: must be positive");
+  }
+  if (options.max_message_bytes <= 0) {
+    return absl::InvalidArgumentError("max_message_bytes: must be positive");
+  }
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(options.max_message_bytes);
+  args.SetMaxSendMessageSize(options.max_message_bytes);
+  std::shared_ptr<grpc::Channel> channel =
+      grpc::CreateCustomChannel(options.target, grpc::InsecureChannelCredentials(), args);
+  if (!channel) {
+    return absl::InvalidArgumentError(absl::StrCat("target: cannot use '", options.target, "'"));
+  }
+  if (options.connect_timeout.count() > 0 &&
+      !channel->WaitForConnected(std::chrono::system_clock::now() + options.connect_timeout)) {
+    return absl::UnavailableError(absl::StrCat("cannot connect to ", options.target, " within ",
+                                               options.connect_timeout.count(), " ms"));
+  }
+  return std::unique_ptr<Client>(new GrpcClient(options, std::move(channel)));
+}
+
+absl::StatusOr<PutResult> Client::Put(std::string_view ns, const PutChunk& chunk,
+                                      const CallOptions& call) {
+  absl::StatusOr<std::vector<PutResult>> r = Put(ns, std::span<const PutChunk>(&chunk, 1), call);
+  if (!r.ok()) return r.status();
+  if (r->size() != 1) {
+    return absl::InternalError(absl::StrCat("put: daemon returned ", r->size(),
+                                            " results for 1 chunk"));
+  }
+  return std::move(r->front());
+}
+
+absl::StatusOr<GetResult> Client::Get(std::string_view ns, const ChunkKey& key,
+                                      const GetOptions& options, const CallOptions& call) {
+  GetOptions one = options;
+  one.allow_missing = false;
+  absl::StatusOr<std::vector<GetResult>> r = Get(ns, std::span<const ChunkKey>(&key, 1), one, call);
+  if (!r.ok()) return r.status();
+  if (r->size() != 1 || !r->front().found) {
+    return absl::InternalError(absl::StrCat("get: daemon returned ", r->size(),
+                                            " results for 1 key"));
+  }
+  return std::move(r->front());
+}
+
+}  // namespace kvstash::client

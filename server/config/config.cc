@@ -1,0 +1,464 @@
+#include "server/config/config.h"
+
+#include <cctype>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <limits>
+#include <sstream>
+#include <string>
+
+#include <CLI/CLI.hpp>
+#include <toml++/toml.h>
+#include <string_view>
+
+#include "absl/strings/str_cat.h"
+
+#ifndef KVSTASH_VERSION
+#define KVSTASH_VERSION "unknown"
+#endif
+
+namespace kvstash::config {
+
+namespace {
+
+constexpr uint64_t kKiB = 1ull << 10;
+constexpr uint64_t kMiB = 1ull << 20;
+constexpr uint64_t kGiB = 1ull << 30;
+constexpr uint64_t kTiB = 1ull << 40;
+
+// gRPC takes message limits as an int.
+constexpr uint64_t kMaxMessageLimit = std::numeric_limits<int32_t>::max();
+constexpr uint64_t kMinMessageLimit = 64 * kKiB;
+constexpr uint32_t kMaxWorkerThreads = 1024;
+constexpr uint32_t kMaxShards = 4096;
+constexpr uint64_t kMinPageBytes = 4 * kKiB;
+constexpr uint64_t kMaxPageBytes = kGiB;
+
+constexpr const char* kLogLevels[] = {"trace", "debug", "info", "warn",
+                                      "error", "critical", "off"};
+
+std::string Lower(absl::string_view s) {
+  std::string out(s);
+  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out;
+}
+
+absl::string_view Trim(absl::string_view s) {
+  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.front()))) s.remove_prefix(1);
+  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) s.remove_suffix(1);
+  return s;
+}
+
+// A TOML basic string literal.
+std::string Quote(absl::string_view s) {
+  std::string out = "\"";
+  for (char c : s) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\t': out += "\\t"; break;
+      case '\r': out += "\\r"; break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+          char buf[8];
+          std::snprintf(buf, sizeof(buf), "\\u%04x", static_cast<unsigned>(c));
+          out += buf;
+        } else {
+          out += c;
+        }
+    }
+  }
+  return out + "\"";
+}
+
+bool IsPowerOfTwo(uint64_t v) { return v != 0 && (v & (v - 1)) == 0; }
+
+absl::Status Invalid(absl::string_view option, absl::string_view what) {
+  return absl::InvalidArgumentError(absl::StrCat(option, ": ", what));
+}
+
+absl::StatusOr<uint64_t> ParseUnsigned(absl::string_view text, uint64_t max) {
+  const absl::string_view t = Trim(text);
+  if (t.empty()) return absl::InvalidArgumentError("empty");
+  uint64_t v = 0;
+  for (char c : t) {
+    if (c < '0' || c > '9') return absl::InvalidArgumentError("not a number");
+    if (v > (std::numeric_limits<uint64_t>::max() - (c - '0')) / 10)
+      return absl::InvalidArgumentError("too large");
+    v = v * 10 + (c - '0');
+  }
+  if (v > max) return absl::InvalidArgumentError("too large");
+  return v;
+}
+
+// --- The option table: one place that knows every key, flag and type ---------------------
+
+enum class Kind { kString, kSize, kUint32, kBool };
+
+struct Option {
+  const char* table;  // TOML table
+  const char* key;    // key in that table
+  const char* flag;   // command-line flag
+  Kind kind;
+  const char* type_name;  // shown in --help
+  const char* help;
+};
+
+constexpr Option kOptions[] = {
+    {"server", "listen", "--listen", Kind::kString, "HOST:PORT",
+     "HOST:PORT to serve gRPC on; port 0 picks a free port (default 127.0.0.1:7450)"},
+    {"server", "worker_threads", "--worker-threads", Kind::kUint32, "N",
+     "threads for Put/Get encode and decode; 0 = hardware threads (default 0)"},
+    {"server", "max_message_bytes", "--max-message-bytes", Kind::kSize, "SIZE",
+     "largest request or response, e.g. 256MiB (default 256MiB)"},
+    {"server", "ready_file", "--ready-file", Kind::kString, "PATH",
+     "write HOST:PORT here once serving (default none)"},
+    {"host", "capacity", "--host-capacity", Kind::kSize, "SIZE",
+     "host memory for chunks, e.g. 1GiB (default 1GiB)"},
+    {"host", "page_bytes", "--page-bytes", Kind::kSize, "SIZE",
+     "pool page size, a power of two (default 64KiB)"},
+    {"host", "prefault", "--prefault", Kind::kBool, "BOOL",
+     "touch every pool page at startup: true or false (default false)"},
+    {"store", "shards", "--shards", Kind::kUint32, "N",
+     "index shards, a power of two (default 16)"},
+    {"log", "level", "--log-level", Kind::kString, "LEVEL",
+     "trace, debug, info, warn, error, critical or off (default info)"},
+};
+
+std::string Name(const Option& o) { return absl::StrCat(o.table, ".", o.key); }
+
+// The field of `c` an option sets. Exactly one of the pointers is non-null.
+struct Target {
+  std::string* str = nullptr;
+  uint64_t* size = nullptr;
+  uint32_t* u32 = nullptr;
+  bool* flag = nullptr;
+};
+Target TargetOf(const Option& o, DaemonConfig& c) {
+  const std::string name = Name(o);
+  if (name == "server.listen") return {.str = &c.listen};
+  if (name == "server.worker_threads") return {.u32 = &c.worker_threads};
+  if (name == "server.max_message_bytes") return {.size = &c.max_message_bytes};
+  if (name == "server.ready_file") return {.str = &c.ready_file};
+  if (name == "host.capacity") return {.size = &c.host_capacity_bytes};
+  if (name == "host.page_bytes") return {.size = &c.page_bytes};
+  if (name == "host.prefault") return {.flag = &c.prefault};
+  if (name == "store.shards") return {.u32 = &c.shards};
+  if (name == "log.level") return {.str = &c.log_level};
+  return {};
+}
+
+// Sets an option from its textual form (a flag, or a TOML string for sizes).
+absl::Status SetFromText(const Option& o, absl::string_view label, absl::string_view text,
+                         DaemonConfig& c) {
+  const Target t = TargetOf(o, c);
+  switch (o.kind) {
+    case Kind::kString:
+      *t.str = std::string(text);
+      return absl::OkStatus();
+    case Kind::kSize: {
+      absl::StatusOr<uint64_t> v = ParseSize(text);
+      if (!v.ok()) return Invalid(label, absl::StrCat(Quote(text), " is not a size"));
+      *t.size = *v;
+      return absl::OkStatus();
+    }
+    case Kind::kUint32: {
+      absl::StatusOr<uint64_t> v = ParseUnsigned(text, std::numeric_limits<uint32_t>::max());
+      if (!v.ok())
+        return Invalid(label, absl::StrCat(Quote(text), " is not a non-negative integer"));
+      *t.u32 = static_cast<uint32_t>(*v);
+      return absl::OkStatus();
+    }
+    case Kind::kBool: {
+      const std::string v = Lower(Trim(text));
+      if (v != "true" && v != "false")
+        return Invalid(label, absl::StrCat(Quote(text), " is not true or false"));
+      *t.flag = v == "true";
+      return absl::OkStatus();
+    }
+  }
+  return absl::InternalError("unreachable");
+}
+
+std::string NodeText(const toml::node& node) {
+  if (const auto* s = node.as_string()) return Quote(s->get());
+  std::ostringstream os;
+  node.visit([&os](const auto& n) { os << n; });
+  return os.str();
+}
+
+absl::Status SetFromToml(const Option& o, const toml::node& node, DaemonConfig& c) {
+  const std::string name = Name(o);
+  const Target t = TargetOf(o, c);
+  switch (o.kind) {
+    case Kind::kString:
+      if (const auto* s = node.as_string()) {
+        *t.str = s->get();
+        return absl::OkStatus();
+      }
+      return Invalid(name, absl::StrCat(NodeText(node), " is not a string"));
+    case Kind::kSize:
+      if (const auto* s = node.as_string()) return SetFromText(o, name, s->get(), c);
+      if (const auto* i = node.as_integer(); i && i->get() >= 0) {
+        *t.size = static_cast<uint64_t>(i->get());
+        return absl::OkStatus();
+      }
+      return Invalid(name, absl::StrCat(NodeText(node), " is not a size"));
+    case Kind::kUint32:
+      if (const auto* i = node.as_integer();
+          i && i->get() >= 0 && i->get() <= std::numeric_limits<uint32_t>::max()) {
+        *t.u32 = static_cast<uint32_t>(i->get());
+        return absl::OkStatus();
+      }
+      return Invalid(name, absl::StrCat(NodeText(node), " is not a non-negative integer"));
+    case Kind::kBool:
+      if (const auto* b = node.as_boolean()) {
+        *t.flag = b->get();
+        return absl::OkStatus();
+      }
+      return Invalid(name, absl::StrCat(NodeText(node), " is not true or false"));
+  }
+  return absl::InternalError("unreachable");
+}
+
+const Option* FindOption(absl::string_view table, absl::string_view key) {
+  for (const Option& o : kOptions)
+    if (table == o.table && key == o.key) return &o;
+  return nullptr;
+}
+
+std::string KnownKeys() {
+  std::string out;
+  for (const Option& o : kOptions) absl::StrAppend(&out, out.empty() ? "" : ", ", Name(o));
+  return out;
+}
+
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in)
+    return absl::InvalidArgumentError(
+        absl::StrCat("--config: cannot read ", Quote(path), ": ", std::strerror(errno)));
+  std::ostringstream os;
+  os << in.rdbuf();
+  return os.str();
+}
+
+}  // namespace
+
+// --- Sizes ------------------------------------------------------------------------------
+
+absl::StatusOr<uint64_t> ParseSize(absl::string_view text) {
+  const absl::string_view t = Trim(text);
+  size_t digits = 0;
+  while (digits < t.size() && t[digits] >= '0' && t[digits] <= '9') ++digits;
+  if (digits == 0)
+    return absl::InvalidArgumentError(absl::StrCat(Quote(text), " is not a size"));
+  absl::StatusOr<uint64_t> number = ParseUnsigned(t.substr(0, digits),
+                                                  std::numeric_limits<uint64_t>::max());
+  if (!number.ok())
+    return absl::InvalidArgumentError(absl::StrCat(Quote(text), " is too large"));
+  const std::string suffix = Lower(Trim(t.substr(digits)));
+  struct Unit {
+    const char* name;
+    uint64_t bytes;
+  };
+  static constexpr Unit kUnits[] = {
+      {"", 1},          {"b", 1},
+      {"kib", kKiB},    {"mib", kMiB},         {"gib", kGiB},            {"tib", kTiB},
+      {"kb", 1000ull},  {"mb", 1000ull * 1000}, {"gb", 1000ull * 1000 * 1000},
+      {"tb", 1000ull * 1000 * 1000 * 1000},
+  };
+  for (const Unit& u : kUnits) {
+    if (suffix != u.name) continue;
+    if (*number > std::numeric_limits<uint64_t>::max() / u.bytes)
+      return absl::InvalidArgumentError(absl::StrCat(Quote(text), " is too large"));
+    return *number * u.bytes;
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      Quote(text), " is not a size (want bytes, optionally with B, KiB, MiB, GiB, TiB, KB, "
+                   "MB, GB or TB)"));
+}
+
+std::string FormatSize(uint64_t bytes) {
+  if (bytes == 0) return "0";
+  static constexpr std::pair<uint64_t, const char*> kUnits[] = {
+      {kTiB, "TiB"}, {kGiB, "GiB"}, {kMiB, "MiB"}, {kKiB, "KiB"}};
+  for (const auto& [unit, name] : kUnits)
+    if (bytes % unit == 0) return absl::StrCat(bytes / unit, name);
+  return absl::StrCat(bytes);
+}
+
+absl::StatusOr<HostPort> SplitHostPort(absl::string_view address) {
+  const auto bad = [&](absl::string_view why) {
+    return absl::InvalidArgumentError(absl::StrCat(Quote(address), " ", why));
+  };
+  size_t colon;
+  if (!address.empty() && address.front() == '[') {
+    const size_t close = address.find(']');
+    if (close == absl::string_view::npos || close + 1 >= address.size() ||
+        address[close + 1] != ':')
+      return bad("is not HOST:PORT ([v6addr]:PORT for IPv6)");
+    colon = close + 1;
+  } else {
+    colon = address.rfind(':');
+    if (colon == absl::string_view::npos) return bad("is not HOST:PORT");
+    if (address.substr(0, colon).find(':') != absl::string_view::npos)
+      return bad("is not HOST:PORT (write IPv6 addresses as [v6addr]:PORT)");
+  }
+  HostPort out;
+  out.host = std::string(address.substr(0, colon));
+  if (out.host.empty()) return bad("has no host (use 0.0.0.0 for every interface)");
+  absl::StatusOr<uint64_t> port = ParseUnsigned(address.substr(colon + 1), 65535);
+  if (!port.ok() || address.substr(colon + 1).empty())
+    return bad("has no valid port (0..65535; 0 picks a free one)");
+  out.port = static_cast<uint32_t>(*port);
+  return out;
+}
+
+// --- TOML -------------------------------------------------------------------------------
+
+absl::StatusOr<DaemonConfig> ApplyToml(const DaemonConfig& base, absl::string_view text,
+                                       absl::string_view origin) {
+  const auto fail = [&](const absl::Status& s) {
+    return absl::Status(s.code(), absl::StrCat(origin, ": ", s.message()));
+  };
+  toml::table root;
+  try {
+    root = toml::parse(std::string_view(text.data(), text.size()),
+                       std::string_view(origin.data(), origin.size()));
+  } catch (const toml::parse_error& e) {
+    const auto& where = e.source().begin;
+    return absl::InvalidArgumentError(absl::StrCat(origin, ":", where.line, ":", where.column,
+                                                   ": not valid TOML: ", std::string(e.description())));
+  }
+  DaemonConfig c = base;
+  for (const auto& [table_key, table_node] : root) {
+    const absl::string_view table(table_key.str().data(), table_key.str().size());
+    const toml::table* t = table_node.as_table();
+    bool known_table = false;
+    for (const Option& o : kOptions) known_table |= table == o.table;
+    if (!known_table)
+      return fail(Invalid(table, absl::StrCat("unknown option (known: ", KnownKeys(), ")")));
+    if (t == nullptr) return fail(Invalid(table, "expected a table, e.g. [" + std::string(table) + "]"));
+    for (const auto& [key, node] : *t) {
+      const absl::string_view key_name(key.str().data(), key.str().size());
+      const Option* o = FindOption(table, key_name);
+      if (o == nullptr)
+        return fail(Invalid(absl::StrCat(table, ".", key_name),
+                            absl::StrCat("unknown option (known: ", KnownKeys(), ")")));
+      if (absl::Status s = SetFromToml(*o, node, c); !s.ok()) return fail(s);
+    }
+  }
+  return c;
+}
+
+std::string ConfigToToml(const DaemonConfig& c) {
+  std::string out = "# kvstashd configuration (see deploy/kvstashd.toml for every option)\n";
+  absl::StrAppend(&out, "\n[server]\n");
+  absl::StrAppend(&out, "listen = ", Quote(c.listen), "\n");
+  absl::StrAppend(&out, "worker_threads = ", c.worker_threads, "\n");
+  absl::StrAppend(&out, "max_message_bytes = ", Quote(FormatSize(c.max_message_bytes)), "\n");
+  absl::StrAppend(&out, "ready_file = ", Quote(c.ready_file), "\n");
+  absl::StrAppend(&out, "\n[host]\n");
+  absl::StrAppend(&out, "capacity = ", Quote(FormatSize(c.host_capacity_bytes)), "\n");
+  absl::StrAppend(&out, "page_bytes = ", Quote(FormatSize(c.page_bytes)), "\n");
+  absl::StrAppend(&out, "prefault = ", c.prefault ? "true" : "false", "\n");
+  absl::StrAppend(&out, "\n[store]\n");
+  absl::StrAppend(&out, "shards = ", c.shards, "\n");
+  absl::StrAppend(&out, "\n[log]\n");
+  absl::StrAppend(&out, "level = ", Quote(c.log_level), "\n");
+  return out;
+}
+
+// --- Validation -------------------------------------------------------------------------
+
+absl::Status ValidateConfig(const DaemonConfig& c) {
+  if (absl::StatusOr<HostPort> hp = SplitHostPort(c.listen); !hp.ok())
+    return Invalid("server.listen (--listen)",
+                   hp.status().message());
+  if (c.worker_threads > kMaxWorkerThreads)
+    return Invalid("server.worker_threads (--worker-threads)",
+                   absl::StrCat(c.worker_threads, " is above ", kMaxWorkerThreads,
+                                " (0 = one per hardware thread)"));
+  if (c.max_message_bytes < kMinMessageLimit || c.max_message_bytes > kMaxMessageLimit)
+    return Invalid("server.max_message_bytes (--max-message-bytes)",
+                   absl::StrCat(c.max_message_bytes, " is outside [",
+                                FormatSize(kMinMessageLimit), ", ", kMaxMessageLimit,
+                                "] (gRPC limits messages to 2 GiB - 1)"));
+  if (!IsPowerOfTwo(c.page_bytes) || c.page_bytes < kMinPageBytes || c.page_bytes > kMaxPageBytes)
+    return Invalid("host.page_bytes (--page-bytes)",
+                   absl::StrCat(c.page_bytes, " is not a power of two in [",
+                                FormatSize(kMinPageBytes), ", ", FormatSize(kMaxPageBytes), "]"));
+  if (c.host_capacity_bytes < c.page_bytes)
+    return Invalid("host.capacity (--host-capacity)",
+                   absl::StrCat(c.host_capacity_bytes, " bytes is less than one page (",
+                                c.page_bytes, " bytes)"));
+  if (!IsPowerOfTwo(c.shards) || c.shards > kMaxShards)
+    return Invalid("store.shards (--shards)",
+                   absl::StrCat(c.shards, " is not a power of two in [1, ", kMaxShards, "]"));
+  bool level_ok = false;
+  for (const char* l : kLogLevels) level_ok |= c.log_level == l;
+  if (!level_ok)
+    return Invalid("log.level (--log-level)",
+                   absl::StrCat(Quote(c.log_level),
+                                " is not one of trace, debug, info, warn, error, critical, off"));
+  return absl::OkStatus();
+}
+
+// --- Command line -----------------------------------------------------------------------
+
+absl::StatusOr<CommandLine> ParseCommandLine(int argc, const char* const* argv) {
+  CLI::App app{"kvstashd: a KV-cache store for LLM inference, serving kvstash.v1 over gRPC.\n"
+               "Options come from the defaults, then --config FILE, then flags.",
+               "kvstashd"};
+  app.set_version_flag("--version", std::string("kvstashd ") + KVSTASH_VERSION);
+  std::string config_path;
+  bool print_config = false;
+  app.add_option("--config", config_path, "TOML file with options (see deploy/kvstashd.toml)")
+      ->type_name("PATH");
+  app.add_flag("--print-config", print_config, "print the effective configuration and exit");
+  std::string values[std::size(kOptions)];
+  CLI::Option* flags[std::size(kOptions)];
+  for (size_t i = 0; i < std::size(kOptions); ++i)
+    flags[i] = app.add_option(kOptions[i].flag, values[i], kOptions[i].help)
+                   ->type_name(kOptions[i].type_name);
+
+  CommandLine out;
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp&) {
+    out.help = app.help();
+    return out;
+  } catch (const CLI::CallForAllHelp&) {
+    out.help = app.help("", CLI::AppFormatMode::All);
+    return out;
+  } catch (const CLI::CallForVersion&) {
+    out.help = std::string("kvstashd ") + KVSTASH_VERSION + "\n";
+    return out;
+  } catch (const CLI::ParseError& e) {
+    return absl::InvalidArgumentError(absl::StrCat("command line: ", e.what(),
+                                                   " (see --help)"));
+  }
+
+  DaemonConfig config;
+  if (!config_path.empty()) {
+    absl::StatusOr<std::string> text = ReadFile(config_path);
+    if (!text.ok()) return text.status();
+    absl::StatusOr<DaemonConfig> from_file = ApplyToml(config, *text, config_path);
+    if (!from_file.ok()) return from_file.status();
+    config = *std::move(from_file);
+  }
+  for (size_t i = 0; i < std::size(kOptions); ++i) {
+    if (flags[i]->count() == 0) continue;
+    if (absl::Status s = SetFromText(kOptions[i], kOptions[i].flag, values[i], config); !s.ok())
+      return s;
+  }
+  if (absl::Status s = ValidateConfig(config); !s.ok()) return s;
+  out.config = std::move(config);
+  out.print_config = print_config;
+  return out;
+}
+
+}  // namespace kvstash::config

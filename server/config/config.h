@@ -1,0 +1,84 @@
+// The daemon's configuration: defaults in the struct, then an optional TOML file, then
+// command-line flags, validated once before anything is built. Every option, its key in
+// the file, its flag and its default are listed in deploy/kvstashd.toml.
+//
+// Thread-compatible: plain data and pure functions.
+#ifndef KVSTASH_SERVER_CONFIG_CONFIG_H_
+#define KVSTASH_SERVER_CONFIG_CONFIG_H_
+
+#include <cstdint>
+#include <string>
+#include "absl/strings/string_view.h"
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace kvstash::config {
+
+struct DaemonConfig {
+  // [server] listen / --listen: HOST:PORT to serve gRPC on; port 0 picks a free port.
+  // Default "127.0.0.1:7450".
+  std::string listen = "127.0.0.1:7450";
+  // [server] worker_threads / --worker-threads: threads that encode and decode for Put and
+  // Get; 0 = one per hardware thread. Default 0.
+  uint32_t worker_threads = 0;
+  // [server] max_message_bytes / --max-message-bytes: largest request or response in bytes,
+  // given to gRPC for both directions. Default 256 MiB.
+  uint64_t max_message_bytes = 256ull << 20;
+  // [server] ready_file / --ready-file: once serving, "HOST:PORT\n" is written here
+  // atomically (temp file + rename); removed on clean shutdown. "" = none. Default "".
+  std::string ready_file;
+  // [host] capacity / --host-capacity: bytes of host memory for chunks, allocated up front.
+  // Default 1 GiB.
+  uint64_t host_capacity_bytes = 1ull << 30;
+  // [host] page_bytes / --page-bytes: pool page size, a power of two in [4 KiB, 1 GiB].
+  // Default 64 KiB.
+  uint64_t page_bytes = 64ull << 10;
+  // [host] prefault / --prefault: touch every pool page at startup, so a host short of
+  // memory fails at startup instead of under load. Default false.
+  bool prefault = false;
+  // [store] shards / --shards: index shards, a power of two in [1, 4096]. Default 16.
+  uint32_t shards = 16;
+  // [log] level / --log-level: trace, debug, info, warn, error, critical or off.
+  // Default "info".
+  std::string log_level = "info";
+};
+
+// What the command line asks for.
+struct CommandLine {
+  DaemonConfig config;          // defaults <- file (--config) <- flags, validated
+  bool print_config = false;    // --print-config: print ConfigToToml(config), exit 0
+  std::string help;             // --help/--version: print this, exit 0 (empty otherwise)
+};
+
+// Parses argv (flags documented in --help). InvalidArgument naming the option for an
+// unreadable or malformed file, an unknown key, a bad value or an unknown flag.
+absl::StatusOr<CommandLine> ParseCommandLine(int argc, const char* const* argv);
+
+// Applies the TOML document `text` on top of `base`. `origin` (a path) prefixes messages.
+// Unknown keys and values of the wrong type or form are InvalidArgument naming the key.
+absl::StatusOr<DaemonConfig> ApplyToml(const DaemonConfig& base, absl::string_view text,
+                                       absl::string_view origin);
+
+// InvalidArgument naming the first option outside its allowed range.
+absl::Status ValidateConfig(const DaemonConfig& config);
+
+// The config as a TOML document that ApplyToml reads back to the same values.
+std::string ConfigToToml(const DaemonConfig& config);
+
+// "1073741824", "1GiB", "64 KiB", "512MiB", "2GB" (decimal SI), "4096B". Suffixes are
+// case-insensitive; the value must be a whole number of bytes that fits in 64 bits.
+absl::StatusOr<uint64_t> ParseSize(absl::string_view text);
+// The shortest exact spelling: "1GiB", "64KiB", "1000".
+std::string FormatSize(uint64_t bytes);
+
+// Splits "HOST:PORT" ("[::1]:0" for IPv6). InvalidArgument unless the port is 0..65535.
+struct HostPort {
+  std::string host;
+  uint32_t port = 0;
+};
+absl::StatusOr<HostPort> SplitHostPort(absl::string_view address);
+
+}  // namespace kvstash::config
+
+#endif  // KVSTASH_SERVER_CONFIG_CONFIG_H_

@@ -1,0 +1,521 @@
+#include "server/rpc/service.h"
+
+#include <cctype>
+#include <cstring>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "kvstash/kernels/codec.h"
+#include "kvstash/kernels/format.h"
+#include "server/rpc/status.h"
+#include "spdlog/spdlog.h"
+
+#ifndef KVSTASH_VERSION
+#define KVSTASH_VERSION "unknown"
+#endif
+
+namespace kvstash::rpc {
+
+namespace {
+
+using kernels::ChunkShape;
+using kernels::CodecConfig;
+using kernels::DType;
+
+// Bytes a GetResult takes on the wire besides its data: key, found, info, dtype and field
+// framing come to ~170 bytes; rounded up so the pre-check is never optimistic.
+constexpr uint64_t kGetResultOverheadBytes = 256;
+
+// fmt cannot format absl::string_view (not absl::string_view in this Abseil).
+std::string Str(absl::string_view s) { return std::string(s); }
+
+std::string KeyString(const v1::ChunkKey& key) {
+  return absl::StrCat(absl::Hex(key.hi(), absl::kZeroPad16), absl::Hex(key.lo(), absl::kZeroPad16));
+}
+
+store::ChunkKey ToStoreKey(const v1::ChunkKey& key) { return {key.hi(), key.lo()}; }
+
+// True when `message` starts with a field path ("shape.head_dim: ...", "data[3]: ...").
+bool LooksFieldNamed(absl::string_view message) {
+  size_t i = 0;
+  while (i < message.size() &&
+         (std::isalnum(static_cast<unsigned char>(message[i])) || message[i] == '_'))
+    ++i;
+  if (message.substr(0, i) == "store") return false;  // the store's own voice, not a field
+  return i > 0 && i < message.size() && (message[i] == ':' || message[i] == '.' || message[i] == '[');
+}
+
+// The engine names fields after its own structs; the wire calls them differently.
+std::string EngineToWireFields(absl::string_view message) {
+  struct Rename {
+    absl::string_view from, to;
+  };
+  static constexpr Rename kRenames[] = {
+      {"shape.dtype", "dtype"},   {"shape.", "layout."},   {"config.", "codec.custom."},
+      {"layer_range", "layers"}, {"head_range", "heads"},     {"input:", "data:"},
+  };
+  for (const Rename& r : kRenames) {
+    if (message.substr(0, r.from.size()) == r.from)
+      return absl::StrCat(r.to, message.substr(r.from.size()));
+  }
+  return std::string(message);
+}
+
+// Keeps the code; puts `prefix` (e.g. "chunks[2]") before the engine's message, joined by
+// '.' when that message names a field and by ": " otherwise.
+absl::Status WithPrefix(absl::string_view prefix, const absl::Status& status) {
+  const absl::string_view message = status.message();
+  const std::string joined = LooksFieldNamed(message)
+                                 ? absl::StrCat(prefix, ".", EngineToWireFields(message))
+                                 : absl::StrCat(prefix, ": ", message);
+  return absl::Status(status.code(), joined);
+}
+
+absl::Status ValidateNamespace(const std::string& ns, absl::string_view field,
+                               const ServiceOptions& options) {
+  if (ns.empty()) return absl::InvalidArgumentError(absl::StrCat(field, ": empty"));
+  if (ns.size() > options.max_namespace_bytes)
+    return absl::InvalidArgumentError(absl::StrCat(field, ": ", ns.size(),
+                                                   " bytes, longer than the limit of ",
+                                                   options.max_namespace_bytes));
+  return absl::OkStatus();
+}
+
+absl::Status ValidateKeys(const google::protobuf::RepeatedPtrField<v1::ChunkKey>& keys) {
+  if (keys.empty()) return absl::InvalidArgumentError("keys: empty");
+  return absl::OkStatus();
+}
+
+absl::Status ValidateRange(const v1::Range& range, absl::string_view field) {
+  if (range.end() != 0 && range.begin() >= range.end())
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ": [", range.begin(), ", ", range.end(), ") is empty"));
+  return absl::OkStatus();
+}
+
+ChunkShape ToShape(const v1::Layout& layout, v1::DType dtype) {
+  ChunkShape s;
+  s.num_layers = layout.num_layers();
+  s.num_tokens = layout.num_tokens();
+  s.num_heads = layout.num_heads();
+  s.head_dim = layout.head_dim();
+  s.dtype = static_cast<DType>(dtype);
+  return s;
+}
+
+// REQUIRES: the chunk passed ValidatePutRequest.
+CodecConfig ToCodecConfig(const v1::Codec& codec, uint32_t num_layers) {
+  if (codec.kind_case() == v1::Codec::kPreset)
+    return kernels::PresetConfig(static_cast<kernels::Preset>(codec.preset()), num_layers);
+  const v1::CodecConfig& c = codec.custom();
+  CodecConfig out;
+  out.raw = false;
+  out.k_q = c.k_q();
+  out.v_q = c.v_q();
+  out.k_m = c.k_m();
+  out.v_m = c.v_m();
+  out.eta1 = c.eta1();
+  out.eta2 = c.eta2();
+  out.preset = kernels::Preset::kCustom;
+  return out;
+}
+
+void ToProto(const store::ChunkInfo& in, v1::ChunkInfo* out) {
+  v1::Layout* layout = out->mutable_layout();
+  layout->set_num_layers(in.shape.num_layers);
+  layout->set_num_tokens(in.shape.num_tokens);
+  layout->set_num_heads(in.shape.num_heads);
+  layout->set_head_dim(in.shape.head_dim);
+  out->set_dtype(static_cast<v1::DType>(in.shape.dtype));
+  out->set_preset(in.config.preset == kernels::Preset::kCustom
+                      ? v1::PRESET_UNSPECIFIED
+                      : static_cast<v1::Preset>(in.config.preset));
+  v1::CodecConfig* config = out->mutable_config();
+  config->set_k_q(in.config.k_q);
+  config->set_v_q(in.config.v_q);
+  config->set_k_m(in.config.k_m);
+  config->set_v_m(in.config.v_m);
+  config->set_eta1(in.config.eta1);
+  config->set_eta2(in.config.eta2);
+  out->set_logical_bytes(in.logical_bytes);
+  out->set_stored_bytes(in.stored_bytes);
+  out->set_equivalent_bits(in.equivalent_bits);
+  out->set_true_bits(in.true_bits);
+}
+
+absl::Status ValidatePutChunk(const v1::PutChunk& chunk, const std::string& p,
+                              const ServiceOptions& options) {
+  if (absl::Status s = ValidateNamespace(chunk.namespace_(), absl::StrCat(p, ".namespace"), options);
+      !s.ok())
+    return s;
+  if (!chunk.has_key()) return absl::InvalidArgumentError(absl::StrCat(p, ".key: unset"));
+  if (!chunk.has_layout()) return absl::InvalidArgumentError(absl::StrCat(p, ".layout: unset"));
+
+  if (chunk.dtype() == v1::DTYPE_UNSPECIFIED)
+    return absl::InvalidArgumentError(
+        absl::StrCat(p, ".dtype: unspecified (want DTYPE_FP16 or DTYPE_BF16)"));
+  if (!v1::DType_IsValid(chunk.dtype()))
+    return absl::InvalidArgumentError(
+        absl::StrCat(p, ".dtype: unknown value ", static_cast<int>(chunk.dtype())));
+
+  const ChunkShape shape = ToShape(chunk.layout(), chunk.dtype());
+  if (absl::Status s = kernels::ValidateShape(shape); !s.ok()) return WithPrefix(p, s);
+
+  const v1::Codec& codec = chunk.codec();
+  switch (codec.kind_case()) {
+    case v1::Codec::KIND_NOT_SET:
+      return absl::InvalidArgumentError(
+          absl::StrCat(p, ".codec: neither preset nor custom set"));
+    case v1::Codec::kPreset:
+      if (codec.preset() == v1::PRESET_UNSPECIFIED)
+        return absl::InvalidArgumentError(absl::StrCat(
+            p, ".codec.preset: unspecified (want PRESET_FP16, PRESET_KIVI_2, "
+               "PRESET_ASYMKV_1_5 or PRESET_XQUANT)"));
+      if (!v1::Preset_IsValid(codec.preset()))
+        return absl::InvalidArgumentError(absl::StrCat(p, ".codec.preset: unknown value ",
+                                                       static_cast<int>(codec.preset())));
+      break;
+    case v1::Codec::kCustom:
+      break;
+  }
+  const CodecConfig config = ToCodecConfig(codec, shape.num_layers);
+  if (absl::Status s = kernels::ValidateConfig(shape, config); !s.ok()) {
+    if (codec.kind_case() == v1::Codec::kPreset)  // a preset is valid for every shape
+      return absl::InternalError(absl::StrCat(p, ".codec.preset: ", s.message()));
+    return WithPrefix(p, s);
+  }
+
+  const uint64_t expected = shape.payload_bytes();
+  if (chunk.data().size() != expected)
+    return absl::InvalidArgumentError(absl::StrCat(p, ".data: ", chunk.data().size(),
+                                                   " bytes, expected ", expected,
+                                                   " for this layout and dtype"));
+  return absl::OkStatus();
+}
+
+std::span<const uint8_t> Bytes(const std::string& s) {
+  return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
+}
+
+}  // namespace
+
+// --- Validation ---------------------------------------------------------------------------
+
+absl::Status ValidatePutRequest(const v1::PutRequest& request, const ServiceOptions& options) {
+  if (request.chunks().empty()) return absl::InvalidArgumentError("chunks: empty");
+  for (int i = 0; i < request.chunks_size(); ++i) {
+    if (absl::Status s = ValidatePutChunk(request.chunks(i), absl::StrCat("chunks[", i, "]"), options);
+        !s.ok())
+      return s;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateGetRequest(const v1::GetRequest& request, const ServiceOptions& options) {
+  if (absl::Status s = ValidateNamespace(request.namespace_(), "namespace", options); !s.ok())
+    return s;
+  if (absl::Status s = ValidateKeys(request.keys()); !s.ok()) return s;
+  if (absl::Status s = ValidateRange(request.layers(), "layers"); !s.ok()) return s;
+  if (absl::Status s = ValidateRange(request.heads(), "heads"); !s.ok()) return s;
+  if (!v1::DType_IsValid(request.output_dtype()))
+    return absl::InvalidArgumentError(
+        absl::StrCat("output_dtype: unknown value ", static_cast<int>(request.output_dtype())));
+  return absl::OkStatus();
+}
+
+absl::Status ValidateLookupRequest(const v1::LookupRequest& request,
+                                   const ServiceOptions& options) {
+  if (absl::Status s = ValidateNamespace(request.namespace_(), "namespace", options); !s.ok())
+    return s;
+  return ValidateKeys(request.keys());
+}
+
+absl::Status ValidateDeleteRequest(const v1::DeleteRequest& request,
+                                   const ServiceOptions& options) {
+  if (absl::Status s = ValidateNamespace(request.namespace_(), "namespace", options); !s.ok())
+    return s;
+  return ValidateKeys(request.keys());
+}
+
+// --- Handlers -----------------------------------------------------------------------------
+
+absl::Status HandlePut(store::Store& store, const ServiceOptions& options,
+                       const v1::PutRequest& request, v1::PutResponse* response) {
+  if (absl::Status s = ValidatePutRequest(request, options); !s.ok()) return s;
+  const int n = request.chunks_size();
+
+  // Values are checked here too so that a NaN in chunk 5 stores nothing at all. A lone
+  // chunk needs no pre-scan: the store validates before it changes anything.
+  if (n > 1) {
+    for (int i = 0; i < n; ++i) {
+      const v1::PutChunk& c = request.chunks(i);
+      const ChunkShape shape = ToShape(c.layout(), c.dtype());
+      if (absl::Status s = kernels::ValidateInput(
+              shape, reinterpret_cast<const uint16_t*>(c.data().data()));
+          !s.ok())
+        return WithPrefix(absl::StrCat("chunks[", i, "]"), s);
+    }
+  }
+
+  response->mutable_results()->Reserve(n);
+  for (int i = 0; i < n; ++i) {
+    const v1::PutChunk& c = request.chunks(i);
+    const ChunkShape shape = ToShape(c.layout(), c.dtype());
+    const CodecConfig config = ToCodecConfig(c.codec(), shape.num_layers);
+    absl::StatusOr<store::ChunkInfo> info =
+        store.Put(c.namespace_(), ToStoreKey(c.key()), shape, config, Bytes(c.data()));
+    if (!info.ok()) {
+      absl::Status s = WithPrefix(absl::StrCat("chunks[", i, "]"), info.status());
+      if (i > 0) {
+        s = absl::Status(s.code(), absl::StrCat(s.message(), " (chunks [0, ", i,
+                                                ") of this request are stored)"));
+      }
+      return s;
+    }
+    v1::PutResult* result = response->add_results();
+    *result->mutable_key() = c.key();
+    ToProto(*info, result->mutable_info());
+    result->set_replaced(info->replaced);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status HandleGet(store::Store& store, const ServiceOptions& options,
+                       const v1::GetRequest& request, v1::GetResponse* response) {
+  if (absl::Status s = ValidateGetRequest(request, options); !s.ok()) return s;
+  const std::string& ns = request.namespace_();
+  const int n = request.keys_size();
+  const kernels::Slice slice{request.layers().begin(), request.layers().end(),
+                             request.heads().begin(), request.heads().end()};
+
+  // Pass 1: size the response from the chunks' shapes before decoding a byte, so an
+  // oversized Get fails fast instead of after seconds of decoding.
+  std::vector<std::optional<store::ChunkInfo>> described(n);
+  uint64_t total = 16;
+  for (int i = 0; i < n; ++i) {
+    total += kGetResultOverheadBytes;
+    const v1::ChunkKey& key = request.keys(i);
+    absl::StatusOr<store::ChunkInfo> info = store.Describe(ns, ToStoreKey(key));
+    if (!info.ok()) {
+      if (info.status().code() != absl::StatusCode::kNotFound)
+        return WithPrefix(absl::StrCat("keys[", i, "]"), info.status());
+      if (!request.allow_missing())
+        return absl::NotFoundError(absl::StrCat("keys[", i, "]: chunk ", KeyString(key),
+                                                " not found in namespace '", ns, "'"));
+      continue;
+    }
+    const ChunkShape& shape = info->shape;
+    const uint32_t layer_end = slice.layer_end == 0 ? shape.num_layers : slice.layer_end;
+    const uint32_t head_end = slice.head_end == 0 ? shape.num_heads : slice.head_end;
+    if (slice.layer_begin >= shape.num_layers || layer_end > shape.num_layers)
+      return absl::InvalidArgumentError(absl::StrCat(
+          "layers: [", slice.layer_begin, ", ", layer_end, ") is outside the ",
+          shape.num_layers, " layers of the chunk at keys[", i, "]"));
+    if (slice.head_begin >= shape.num_heads || head_end > shape.num_heads)
+      return absl::InvalidArgumentError(absl::StrCat(
+          "heads: [", slice.head_begin, ", ", head_end, ") is outside the ", shape.num_heads,
+          " heads of the chunk at keys[", i, "]"));
+    absl::StatusOr<kernels::Slice> resolved = kernels::ResolveSlice(shape, slice);
+    if (!resolved.ok()) return WithPrefix(absl::StrCat("keys[", i, "]"), resolved.status());
+    total += kernels::DecodedBytes(shape, *resolved);
+    described[i] = *info;
+  }
+  if (total > options.max_message_bytes)
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "response would be ", total, " bytes for ", n, " keys, ",
+        total - options.max_message_bytes, " bytes over max_message_bytes (",
+        options.max_message_bytes, "); ask for fewer keys per Get or a layer range (layers)"));
+
+  // Pass 2: decode each slice straight into its result's bytes field.
+  response->mutable_results()->Reserve(n);
+  for (int i = 0; i < n; ++i) {
+    const v1::ChunkKey& key = request.keys(i);
+    v1::GetResult* result = response->add_results();
+    *result->mutable_key() = key;
+    // Unset output dtype means the chunk's own; a key missing in pass 1 is still asked for
+    // (it counts as a miss, or was stored meanwhile and then reports its dtype below).
+    DType out = static_cast<DType>(request.output_dtype());
+    if (out == DType::kUnspecified)
+      out = described[i] ? described[i]->shape.dtype : DType::kF16;
+    store::OutputAllocator alloc = [result](uint64_t bytes) -> uint8_t* {
+      std::string* data = result->mutable_data();
+      data->resize(bytes);
+      return reinterpret_cast<uint8_t*>(data->data());
+    };
+    absl::StatusOr<store::ChunkInfo> info =
+        store.Get(ns, ToStoreKey(key), slice, out, alloc);
+    if (!info.ok()) {
+      if (info.status().code() == absl::StatusCode::kNotFound) {
+        if (!request.allow_missing())  // deleted or evicted since pass 1
+          return absl::NotFoundError(absl::StrCat("keys[", i, "]: chunk ", KeyString(key),
+                                                  " not found in namespace '", ns, "'"));
+        result->set_found(false);
+        result->clear_data();
+        continue;
+      }
+      return WithPrefix(absl::StrCat("keys[", i, "]"), info.status());
+    }
+    result->set_found(true);
+    ToProto(*info, result->mutable_info());
+    result->set_dtype(static_cast<v1::DType>(out));
+  }
+
+  // A chunk replaced by a larger one between the passes could still push us over.
+  const uint64_t actual = response->ByteSizeLong();
+  if (actual > options.max_message_bytes)
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "response is ", actual, " bytes, ", actual - options.max_message_bytes,
+        " bytes over max_message_bytes (", options.max_message_bytes,
+        "); ask for fewer keys per Get or a layer range (layers)"));
+  return absl::OkStatus();
+}
+
+absl::Status HandleLookup(store::Store& store, const ServiceOptions& options,
+                          const v1::LookupRequest& request, v1::LookupResponse* response) {
+  if (absl::Status s = ValidateLookupRequest(request, options); !s.ok()) return s;
+  std::vector<store::ChunkKey> chain;
+  chain.reserve(request.keys_size());
+  for (const v1::ChunkKey& k : request.keys()) chain.push_back(ToStoreKey(k));
+  response->set_present_prefix(static_cast<uint32_t>(store.Lookup(request.namespace_(), chain)));
+  return absl::OkStatus();
+}
+
+absl::Status HandleDelete(store::Store& store, const ServiceOptions& options,
+                          const v1::DeleteRequest& request, v1::DeleteResponse* response) {
+  if (absl::Status s = ValidateDeleteRequest(request, options); !s.ok()) return s;
+  uint32_t deleted = 0, not_found = 0;
+  for (int i = 0; i < request.keys_size(); ++i) {
+    absl::Status s = store.Delete(request.namespace_(), ToStoreKey(request.keys(i)));
+    if (s.ok()) {
+      ++deleted;
+    } else if (s.code() == absl::StatusCode::kNotFound) {
+      ++not_found;
+    } else {
+      return WithPrefix(absl::StrCat("keys[", i, "]"), s);
+    }
+  }
+  response->set_deleted(deleted);
+  response->set_not_found(not_found);
+  return absl::OkStatus();
+}
+
+void HandleStats(const store::Store& store, const ServiceOptions& options,
+                 v1::StatsResponse* response) {
+  const store::StoreStats s = store.Stats();
+  response->set_capacity_bytes(s.capacity_bytes);
+  response->set_used_bytes(s.used_bytes);
+  response->set_page_bytes(s.page_bytes);
+  response->set_chunks(s.chunks);
+  response->set_logical_bytes(s.logical_bytes);
+  response->set_stored_bytes(s.stored_bytes);
+  response->set_hits(s.hits);
+  response->set_misses(s.misses);
+  response->set_evictions(s.evictions);
+  response->set_puts(s.puts);
+  response->set_gets(s.gets);
+  response->set_deletes(s.deletes);
+  const double elements = static_cast<double>(s.elements);
+  response->set_equivalent_bits(s.elements ? s.equivalent_bit_elements / elements : 0.0);
+  response->set_true_bits(s.elements ? 8.0 * static_cast<double>(s.stored_bytes) / elements
+                                     : 0.0);
+  response->set_version(KVSTASH_VERSION);
+  response->set_codec_path(kernels::FastPathName());
+  response->set_max_message_bytes(options.max_message_bytes);
+}
+
+// --- KvStashService -----------------------------------------------------------------------
+
+KvStashService::KvStashService(store::Store* store, const ServiceOptions& options)
+    : store_(store), options_(options), pool_(options.worker_threads) {}
+
+KvStashService::~KvStashService() = default;
+
+bool KvStashService::RefuseIfDraining(grpc::ServerUnaryReactor* reactor) {
+  if (!draining_.load(std::memory_order_acquire)) return false;
+  reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "kvstashd is shutting down"));
+  return true;
+}
+
+void KvStashService::Finish(grpc::ServerUnaryReactor* reactor, const char* method,
+                            const absl::Status& status) {
+  switch (status.code()) {
+    case absl::StatusCode::kOk:
+      break;
+    case absl::StatusCode::kInternal:
+    case absl::StatusCode::kDataLoss:
+    case absl::StatusCode::kUnknown:
+      spdlog::error("{} failed: {}", method, Str(status.message()));
+      break;
+    case absl::StatusCode::kResourceExhausted:
+      spdlog::warn("{} failed: {}", method, Str(status.message()));
+      break;
+    default:  // the client's mistake; it gets the message
+      spdlog::debug("{} failed: {}", method, Str(status.message()));
+      break;
+  }
+  reactor->Finish(ToGrpcStatus(status));
+}
+
+grpc::ServerUnaryReactor* KvStashService::Put(grpc::CallbackServerContext* context,
+                                              const v1::PutRequest* request,
+                                              v1::PutResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (RefuseIfDraining(reactor)) return reactor;
+  // request, response and context stay valid until the reactor is finished.
+  pool_.Submit([this, context, request, response, reactor] {
+    if (context->IsCancelled()) {  // the client gave up while the call was queued
+      reactor->Finish(grpc::Status::CANCELLED);
+      return;
+    }
+    Finish(reactor, "Put", HandlePut(*store_, options_, *request, response));
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* KvStashService::Get(grpc::CallbackServerContext* context,
+                                              const v1::GetRequest* request,
+                                              v1::GetResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (RefuseIfDraining(reactor)) return reactor;
+  pool_.Submit([this, context, request, response, reactor] {
+    if (context->IsCancelled()) {
+      reactor->Finish(grpc::Status::CANCELLED);
+      return;
+    }
+    Finish(reactor, "Get", HandleGet(*store_, options_, *request, response));
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* KvStashService::Lookup(grpc::CallbackServerContext* context,
+                                                 const v1::LookupRequest* request,
+                                                 v1::LookupResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (RefuseIfDraining(reactor)) return reactor;
+  Finish(reactor, "Lookup", HandleLookup(*store_, options_, *request, response));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* KvStashService::Delete(grpc::CallbackServerContext* context,
+                                                 const v1::DeleteRequest* request,
+                                                 v1::DeleteResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (RefuseIfDraining(reactor)) return reactor;
+  Finish(reactor, "Delete", HandleDelete(*store_, options_, *request, response));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* KvStashService::Stats(grpc::CallbackServerContext* context,
+                                                const v1::StatsRequest* /*request*/,
+                                                v1::StatsResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (RefuseIfDraining(reactor)) return reactor;
+  HandleStats(*store_, options_, response);
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+}  // namespace kvstash::rpc

@@ -1,0 +1,115 @@
+// The gRPC front end of the store: kvstash.v1.KvStash on the callback API.
+// Semantics, limits and error codes of every RPC are in docs/api.md.
+//
+// The handler logic lives in plain functions (Validate*/Handle*) that take the store and a
+// request and fill a response, so it is testable without a network. KvStashService only
+// adapts them to gRPC: Lookup, Delete and Stats are short and run on gRPC's callback
+// thread; Put and Get (encode, decode) are handed to a bounded WorkerPool and the reactor
+// is finished from there, so callback threads never block on codec work.
+//
+// Thread-safe: every function and method may be called concurrently.
+#ifndef KVSTASH_SERVER_RPC_SERVICE_H_
+#define KVSTASH_SERVER_RPC_SERVICE_H_
+
+#include <atomic>
+#include <cstdint>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/status.h"
+#include "kvstash/v1/kvstash.grpc.pb.h"
+#include "kvstash/v1/kvstash.pb.h"
+#include "server/rpc/worker_pool.h"
+#include "server/store/store.h"
+
+namespace kvstash::rpc {
+
+struct ServiceOptions {
+  // Threads that run Put and Get (encode and decode). 0 = one per hardware thread. Default 0.
+  uint32_t worker_threads = 0;
+  // Largest request and response in bytes; must equal what the ServerBuilder is given.
+  // A Get whose response would exceed it fails with RESOURCE_EXHAUSTED. Default 256 MiB.
+  uint64_t max_message_bytes = 256ull << 20;
+  // Longest accepted namespace in bytes; keep equal to StoreOptions::max_namespace_bytes so
+  // that a whole Put is validated before anything is stored. Default 256.
+  uint32_t max_namespace_bytes = 256;
+};
+
+// --- Handler logic, no gRPC types -------------------------------------------------------
+// Each Validate* checks every field of a request and returns InvalidArgument naming the
+// field path ("chunks[2].layout.head_dim: ..."). Each Handle* validates first, then acts;
+// on error the response is unspecified and must not be sent.
+
+// Checks everything but the payload values (which ValidateInput scans in HandlePut).
+absl::Status ValidatePutRequest(const v1::PutRequest& request, const ServiceOptions& options);
+absl::Status ValidateGetRequest(const v1::GetRequest& request, const ServiceOptions& options);
+absl::Status ValidateLookupRequest(const v1::LookupRequest& request,
+                                   const ServiceOptions& options);
+absl::Status ValidateDeleteRequest(const v1::DeleteRequest& request,
+                                   const ServiceOptions& options);
+
+// Validates the whole request (including NaN/Inf in every payload), then stores the chunks
+// in order, each atomically. On a storage error the chunks before the failing index stay
+// stored and the message names the failing index.
+absl::Status HandlePut(store::Store& store, const ServiceOptions& options,
+                       const v1::PutRequest& request, v1::PutResponse* response);
+// Decodes each key's slice straight into its result's `data` string. NotFound for a missing
+// key unless allow_missing; ResourceExhausted when the response would exceed
+// options.max_message_bytes (checked before anything is decoded).
+absl::Status HandleGet(store::Store& store, const ServiceOptions& options,
+                       const v1::GetRequest& request, v1::GetResponse* response);
+absl::Status HandleLookup(store::Store& store, const ServiceOptions& options,
+                          const v1::LookupRequest& request, v1::LookupResponse* response);
+absl::Status HandleDelete(store::Store& store, const ServiceOptions& options,
+                          const v1::DeleteRequest& request, v1::DeleteResponse* response);
+void HandleStats(const store::Store& store, const ServiceOptions& options,
+                 v1::StatsResponse* response);
+
+// --- The gRPC service -------------------------------------------------------------------
+
+class KvStashService final : public v1::KvStash::CallbackService {
+ public:
+  // `store` is not owned and must outlive the service.
+  KvStashService(store::Store* store, const ServiceOptions& options);
+  // Runs every queued Put/Get to completion, then joins the workers. REQUIRES: the server
+  // this service is registered with has been shut down (no new calls arrive).
+  ~KvStashService() override;
+
+  // From now on new calls fail with UNAVAILABLE; calls already accepted run to completion.
+  // Call before grpc::Server::Shutdown to close the window in which it still accepts calls.
+  void StartDraining() { draining_.store(true, std::memory_order_release); }
+
+  const ServiceOptions& options() const { return options_; }
+
+  grpc::ServerUnaryReactor* Put(grpc::CallbackServerContext* context,
+                                const v1::PutRequest* request,
+                                v1::PutResponse* response) override;
+  grpc::ServerUnaryReactor* Get(grpc::CallbackServerContext* context,
+                                const v1::GetRequest* request,
+                                v1::GetResponse* response) override;
+  grpc::ServerUnaryReactor* Lookup(grpc::CallbackServerContext* context,
+                                   const v1::LookupRequest* request,
+                                   v1::LookupResponse* response) override;
+  grpc::ServerUnaryReactor* Delete(grpc::CallbackServerContext* context,
+                                   const v1::DeleteRequest* request,
+                                   v1::DeleteResponse* response) override;
+  grpc::ServerUnaryReactor* Stats(grpc::CallbackServerContext* context,
+                                  const v1::StatsRequest* request,
+                                  v1::StatsResponse* response) override;
+
+ private:
+  // Finishes the reactor with UNAVAILABLE and returns true when draining.
+  bool RefuseIfDraining(grpc::ServerUnaryReactor* reactor);
+  // Logs failures worth an operator's attention, then finishes.
+  static void Finish(grpc::ServerUnaryReactor* reactor, const char* method,
+                     const absl::Status& status);
+
+  store::Store* const store_;
+  const ServiceOptions options_;
+  std::atomic<bool> draining_{false};
+  WorkerPool pool_;  // last: destroyed (drained and joined) first
+};
+
+}  // namespace kvstash::rpc
+
+#endif  // KVSTASH_SERVER_RPC_SERVICE_H_

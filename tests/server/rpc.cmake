@@ -1,0 +1,20 @@
+# Tests of the gRPC front end, the daemon configuration and a real-socket round trip.
+# Included from tests/server/CMakeLists.txt: include(rpc.cmake)
+if(TARGET kvstash_config)
+  kvstash_test(rpc_config_test
+    SOURCES ${CMAKE_CURRENT_LIST_DIR}/rpc_config_test.cc
+    DEPS kvstash_config)
+  target_compile_definitions(rpc_config_test PRIVATE
+    KVSTASH_SOURCE_DIR="${PROJECT_SOURCE_DIR}")
+endif()
+if(TARGET kvstash_rpc AND TARGET kvstash_store)
+  kvstash_test(rpc_status_test
+    SOURCES ${CMAKE_CURRENT_LIST_DIR}/rpc_status_test.cc
+    DEPS kvstash_rpc)
+  kvstash_test(rpc_service_test
+    SOURCES ${CMAKE_CURRENT_LIST_DIR}/rpc_service_test.cc
+    DEPS kvstash_rpc kvstash_store kvstash_codec)
+  kvstash_test(rpc_roundtrip_test
+    SOURCES ${CMAKE_CURRENT_LIST_DIR}/rpc_roundtrip_test.cc
+    DEPS kvstash_rpc kvstash_store kvstash_codec)
+endif()

@@ -136,6 +136,25 @@ absl::StatusOr<std::unique_ptr<PagePool>> PagePool::Create(const PagePoolOptions
       new PagePool(mapping, map_bytes, base, options.page_bytes, pages, huge));
 }
 
+absl::StatusOr<std::unique_ptr<PagePool>> PagePool::CreateOver(uint8_t* base,
+                                                               uint64_t capacity_bytes,
+                                                               uint32_t page_bytes) {
+  if (base == nullptr) return absl::InvalidArgumentError("page pool: base must not be null");
+  if (!IsPowerOfTwo(page_bytes) || page_bytes < 4096) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("page_bytes must be a power of two >= 4096, got ", page_bytes));
+  }
+  const uint64_t pages = capacity_bytes / page_bytes;
+  if (pages == 0 || pages > UINT32_MAX) {
+    return absl::InvalidArgumentError(absl::StrCat("capacity_bytes ", capacity_bytes,
+                                                   " must hold 1 to 2^32-1 pages of ",
+                                                   page_bytes, " bytes"));
+  }
+  return std::unique_ptr<PagePool>(
+      new PagePool(/*mapping=*/nullptr, /*mapping_bytes=*/0, base, page_bytes, pages,
+                   /*huge_pages=*/false));
+}
+
 PagePool::PagePool(uint8_t* mapping, uint64_t mapping_bytes, uint8_t* base,
                    uint32_t page_bytes, uint64_t pages_total, bool huge_pages)
     : mapping_(mapping),
@@ -160,7 +179,7 @@ PagePool::~PagePool() {
                     pages_total_ - free_.size());
     }
   }
-  munmap(mapping_, mapping_bytes_);
+  if (mapping_ != nullptr) munmap(mapping_, mapping_bytes_);
 }
 
 absl::StatusOr<PageSpan> PagePool::Allocate(uint64_t num_pages) {

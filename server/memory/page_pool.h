@@ -1,5 +1,7 @@
-// A host memory pool of fixed-size pages carved out of one up-front mapping, and the
-// move-only PageSpan that owns a set of its pages and returns them on destruction.
+// A memory pool of fixed-size pages carved out of one up-front region, and the move-only
+// PageSpan that owns a set of its pages and returns them on destruction. The region is
+// either a host mapping the pool owns (Create) or memory owned by someone else, such as a
+// cudaMalloc'd device region (CreateOver; see server/memory/device_pool.h).
 //
 // Fixed-size pages mean the pool never fragments externally: any N free pages can back an
 // N-page request, whatever sizes were allocated and freed before. A span's pages need not
@@ -82,6 +84,14 @@ class PagePool {
   // InvalidArgument naming the field for a bad page size or a capacity below one page;
   // ResourceExhausted if the mapping fails.
   static absl::StatusOr<std::unique_ptr<PagePool>> Create(const PagePoolOptions& options);
+  // A pool over `capacity_bytes` (rounded down to whole pages) of memory at `base` that the
+  // caller owns and keeps alive until the pool is destroyed. The memory is never touched by
+  // the pool; when it is not host-addressable (device memory) PageSpan::Write and Read must
+  // not be used: copy page by page with page()/ContiguousAt addresses instead.
+  // InvalidArgument as Create, or for a null base.
+  static absl::StatusOr<std::unique_ptr<PagePool>> CreateOver(uint8_t* base,
+                                                              uint64_t capacity_bytes,
+                                                              uint32_t page_bytes);
   // REQUIRES: every PageSpan of this pool has been destroyed or released.
   ~PagePool();
   PagePool(const PagePool&) = delete;
@@ -110,7 +120,7 @@ class PagePool {
            uint64_t pages_total, bool huge_pages);
   void Free(const std::vector<uint32_t>& ids);
 
-  uint8_t* const mapping_;         // what munmap gets
+  uint8_t* const mapping_;         // what munmap gets; null over external memory
   const uint64_t mapping_bytes_;
   uint8_t* const base_;            // page 0; huge-page aligned inside the mapping when advised
   const uint32_t page_bytes_;

@@ -1,5 +1,7 @@
 // The chunk store: an index from (namespace, 128-bit key) to encoded chunks kept as
-// layer-pair sections in a paged host memory pool, with LRU eviction of unpinned chunks.
+// layer-pair sections in paged memory pools, with LRU eviction of unpinned chunks. With
+// GPUs, device pools are the first tier (encode and decode on the GPU; least recently read
+// chunks demoted to the host pool under pressure) and the host pool the second.
 // See docs/store.md for the page lifecycle.
 //
 // Thread-safe: every method may be called concurrently. The index is sharded by key hash,
@@ -13,6 +15,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -42,6 +45,35 @@ struct StoreOptions {
   // Touch every pool page at startup (no page faults under load; a host short of memory
   // fails at startup). Default false.
   bool prefault = false;
+
+  // --- GPU tier (docs/store.md, "GPU tier"); used only in a CUDA build on a host where the
+  // CUDA runtime reports devices. Otherwise the store is host-only and these are ignored.
+  // Use visible GPUs as the first tier. false = host tier and CPU codec only. Default true.
+  bool use_gpu = true;
+  // CUDA ordinals to use, one device pool each; empty = every visible device. Default empty.
+  std::vector<int> gpu_devices;
+  // Bytes of device memory each device pool takes up front (cudaMalloc), rounded down to
+  // whole pages of page_bytes; 0 = a quarter of the device's free memory at startup.
+  // Default 0.
+  uint64_t gpu_capacity_bytes = 0;
+  // Worker streams per device; each has its own pinned staging pair and device scratch, so
+  // up to this many requests copy and run kernels concurrently per device. Default 4.
+  uint32_t gpu_streams = 4;
+  // Bytes of each of a worker's two pinned host staging buffers (host<->device copies
+  // are double-buffered through them). At least 64 KiB. Default 4 MiB.
+  uint64_t gpu_staging_bytes = 4ull << 20;
+  // Copy a host-tier chunk onto its device after a read when the device pool has free
+  // pages (never demoting another chunk for it). Default false: with a host
+  // OutputAllocator, reads decode faster on the CPU (docs/store.md, "GPU tier").
+  bool gpu_promote_on_read = false;
+};
+
+// Per-request choices of Put.
+struct PutOptions {
+  // Index into the store's GPU devices (StoreStats::gpus) to keep the chunk on; -1 = the
+  // namespace's device, hash(namespace) % number of devices. Ignored without GPUs.
+  // InvalidArgument when out of range. Default -1.
+  int device = -1;
 };
 
 // What a stored chunk is; returned by Put and Get.
@@ -55,13 +87,27 @@ struct ChunkInfo {
   bool replaced = false;        // Put only: an existing chunk of this key was replaced
 };
 
-struct StoreStats {
-  uint64_t capacity_bytes = 0;
-  uint64_t used_bytes = 0;      // bytes of pool pages held by chunks
-  uint64_t page_bytes = 0;
+// One GPU tier's state.
+struct GpuTierStats {
+  int ordinal = 0;              // CUDA device ordinal
+  std::string name;             // e.g. "NVIDIA H100 80GB HBM3"
+  bool healthy = true;          // false after a CUDA error: takes no new chunks
+  uint64_t capacity_bytes = 0;  // device pool bytes
+  uint64_t used_bytes = 0;      // bytes of device pages held by chunks
   uint64_t pages_total = 0;
   uint64_t pages_used = 0;
-  uint64_t chunks = 0;
+  uint64_t chunks = 0;          // chunks resident on this device
+};
+
+struct StoreStats {
+  // The host tier (the only tier without GPUs).
+  uint64_t capacity_bytes = 0;
+  uint64_t used_bytes = 0;      // bytes of host pool pages held by chunks
+  uint64_t page_bytes = 0;      // page size of every tier
+  uint64_t pages_total = 0;
+  uint64_t pages_used = 0;
+  uint64_t chunks = 0;          // all tiers
+  uint64_t host_chunks = 0;     // chunks resident in the host tier
   uint64_t logical_bytes = 0;   // sum of 16-bit payload sizes of stored chunks
   uint64_t stored_bytes = 0;    // sum of encoded sizes of stored chunks
   uint64_t elements = 0;        // sum of element counts (2·L·T·H·D) of stored chunks
@@ -72,6 +118,17 @@ struct StoreStats {
   uint64_t puts = 0;            // Puts that stored a chunk
   uint64_t gets = 0;            // Get calls, found or not
   uint64_t deletes = 0;         // Deletes that removed a chunk
+  // The GPU tier; all zero / empty without GPUs.
+  std::string codec_path;       // "cuda" with GPUs, else the CPU path ("avx2", "scalar",
+                                //   "reference")
+  std::vector<GpuTierStats> gpus;  // one per device pool, in StoreOptions order
+  uint64_t gpu_capacity_bytes = 0; // sums over gpus
+  uint64_t gpu_used_bytes = 0;
+  uint64_t gpu_chunks = 0;
+  uint64_t demotions = 0;       // chunks moved GPU -> host under GPU pressure
+  uint64_t promotions = 0;      // chunks moved host -> GPU after a read
+  uint64_t gpu_fallbacks = 0;   // Puts meant for a GPU stored in the host tier instead
+                                //   (device pool full of pinned chunks, or unhealthy)
 };
 
 // Called by Get once the decoded size is known; returns where to write `bytes` bytes
@@ -87,17 +144,27 @@ class Store {
   // stores it under (ns, key), evicting least-recently-used unpinned chunks if needed.
   // Re-putting an existing key replaces it atomically: readers see the old or the new
   // chunk, never a mix. Errors: InvalidArgument (shape, config, payload size, NaN/Inf),
-  // ResourceExhausted (cannot free enough memory). On error the store is unchanged.
+  // ResourceExhausted (cannot free enough memory), Internal (CUDA failure, with the CUDA
+  // error name). On error the store is unchanged.
   virtual absl::StatusOr<ChunkInfo> Put(std::string_view ns, const ChunkKey& key,
                                         const kernels::ChunkShape& shape,
                                         const kernels::CodecConfig& config,
                                         std::span<const uint8_t> payload) = 0;
+  // As above, with per-request options (the device). The default ignores them.
+  virtual absl::StatusOr<ChunkInfo> Put(std::string_view ns, const ChunkKey& key,
+                                        const kernels::ChunkShape& shape,
+                                        const kernels::CodecConfig& config,
+                                        std::span<const uint8_t> payload,
+                                        const PutOptions& options) {
+    (void)options;
+    return Put(ns, key, shape, config, payload);
+  }
 
   // Decodes `slice` of the chunk into memory from `alloc`, laid out
   // [l1-l0][2][T][h1-h0][D] in out_dtype. The chunk is pinned while it is read (`alloc`
   // included) and becomes the most recently used when the read ends.
   // Errors: NotFound, InvalidArgument (slice, dtype), DataLoss (corrupt pages),
-  // ResourceExhausted (`alloc` returned null).
+  // ResourceExhausted (`alloc` returned null, or GPU scratch memory), Internal (CUDA).
   virtual absl::StatusOr<ChunkInfo> Get(std::string_view ns, const ChunkKey& key,
                                         const kernels::Slice& slice, kernels::DType out_dtype,
                                         const OutputAllocator& alloc) = 0;

@@ -14,6 +14,7 @@
 #include "spdlog/spdlog.h"
 
 namespace kvstash::store::internal {
+
 namespace {
 
 // A 64-byte aligned, grow-only scratch buffer, one per thread per use, so that steady-state
@@ -110,8 +111,21 @@ class StoreImpl::Pin {
   Entry* const e_;
 };
 
-StoreImpl::StoreImpl(const StoreOptions& options, std::unique_ptr<memory::PagePool> pool)
-    : options_(options), pool_(std::move(pool)), shards_(new Shard[options.num_shards]) {}
+StoreImpl::StoreImpl(const StoreOptions& options, std::unique_ptr<memory::PagePool> pool,
+                     std::vector<std::unique_ptr<GpuTier>> gpus)
+    : options_(options),
+      pool_(std::move(pool)),
+      shards_(new Shard[options.num_shards]),
+      gpus_(std::move(gpus)),
+      gpu_alloc_mu_(new absl::Mutex[std::max<size_t>(gpus_.size(), 1)]) {
+  for (uint32_t i = 0; i < options_.num_shards; ++i) {
+    Shard& s = shards_[i];
+    absl::MutexLock lock(&s.mu);
+    s.gpu_lru.reset(new EntryList[std::max<size_t>(gpus_.size(), 1)]);
+    s.gpu_lru_pages.assign(gpus_.size(), 0);
+    s.gpu_chunks.assign(gpus_.size(), 0);
+  }
+}
 
 StoreImpl::~StoreImpl() {
   for (uint32_t i = 0; i < options_.num_shards; ++i) {
@@ -147,7 +161,7 @@ Entry* StoreImpl::PinLocked(Shard& s, const KeyRef& k) {
   Entry* e = *it;
   if (e->refs == 1) {  // unpinned: leaves the evictable list while it is read
     EntryList::Unlink(e);
-    s.lru_pages -= e->num_pages();
+    LruPagesOf(s, e) -= e->num_pages();
     s.in_use.PushNewest(e);
   }
   ++e->refs;
@@ -165,8 +179,8 @@ Entry* StoreImpl::UnrefLocked(Shard& s, Entry* e) {
     // The last reader is done: the chunk becomes the most recently used and evictable.
     EntryList::Unlink(e);
     e->last_use = clock_.fetch_add(1, std::memory_order_relaxed) + 1;
-    s.lru.PushNewest(e);
-    s.lru_pages += e->num_pages();
+    LruOf(s, e).PushNewest(e);
+    LruPagesOf(s, e) += e->num_pages();
   }
   return nullptr;
 }
@@ -174,9 +188,10 @@ Entry* StoreImpl::UnrefLocked(Shard& s, Entry* e) {
 Entry* StoreImpl::RemoveLocked(Shard& s, Entry* e) {
   s.map.erase(e);
   EntryList::Unlink(e);
-  if (e->refs == 1) s.lru_pages -= e->num_pages();
+  if (e->refs == 1) LruPagesOf(s, e) -= e->num_pages();
   e->in_index = false;
   s.chunks -= 1;
+  if (e->tier >= 0) s.gpu_chunks[e->tier] -= 1;
   s.logical_bytes -= e->info.logical_bytes;
   s.stored_bytes -= e->info.stored_bytes;
   s.elements -= e->elements;
@@ -192,6 +207,58 @@ void StoreImpl::Unpin(Entry* e) {
     dead = UnrefLocked(s, e);
   }
   delete dead;  // returns its pages to the pool, outside the shard lock
+}
+
+void StoreImpl::InsertLocked(Shard& s, Entry* e) {
+  e->refs = 1;
+  e->in_index = true;
+  e->last_use = clock_.fetch_add(1, std::memory_order_relaxed) + 1;
+  s.map.insert(e);
+  LruOf(s, e).PushNewest(e);
+  LruPagesOf(s, e) += e->num_pages();
+  s.chunks += 1;
+  if (e->tier >= 0) s.gpu_chunks[e->tier] += 1;
+  s.logical_bytes += e->info.logical_bytes;
+  s.stored_bytes += e->info.stored_bytes;
+  s.elements += e->elements;
+  s.equivalent_bit_elements += e->equivalent_bit_elements;
+}
+
+std::unique_ptr<Entry> StoreImpl::CloneMeta(const Entry& old) {
+  auto e = std::make_unique<Entry>();
+  e->ns = old.ns;
+  e->key = old.key;
+  e->hash = old.hash;
+  e->header = old.header;
+  e->info = old.info;
+  e->elements = old.elements;
+  e->equivalent_bit_elements = old.equivalent_bit_elements;
+  e->home = old.home;
+  e->section_offset = old.section_offset;
+  return e;
+}
+
+bool StoreImpl::ReplaceIfIndexed(Entry* old, std::unique_ptr<Entry> fresh) {
+  Shard& s = ShardFor(old->hash);
+  {
+    absl::MutexLock lock(&s.mu);
+    if (old->in_index) {
+      // The caller's pin keeps `old` alive: RemoveLocked drops only the index's reference.
+      Entry* dead = RemoveLocked(s, old);
+      if (dead != nullptr) {
+        spdlog::critical("store: replacing an entry nobody pinned");
+        std::abort();
+      }
+      InsertLocked(s, fresh.release());
+      return true;
+    }
+  }
+  return false;  // deleted or re-put meanwhile; `fresh` is freed here, outside the lock
+}
+
+int StoreImpl::HomeTier(std::string_view ns) const {
+  if (gpus_.empty()) return -1;
+  return static_cast<int>(XXH3_64bits(ns.data(), ns.size()) % gpus_.size());
 }
 
 // --- Eviction ---------------------------------------------------------------------------
@@ -271,6 +338,14 @@ absl::StatusOr<ChunkInfo> StoreImpl::Put(std::string_view ns, const ChunkKey& ke
                                          const kernels::ChunkShape& shape,
                                          const kernels::CodecConfig& config,
                                          std::span<const uint8_t> payload) {
+  return Put(ns, key, shape, config, payload, PutOptions{});
+}
+
+absl::StatusOr<ChunkInfo> StoreImpl::Put(std::string_view ns, const ChunkKey& key,
+                                         const kernels::ChunkShape& shape,
+                                         const kernels::CodecConfig& config,
+                                         std::span<const uint8_t> payload,
+                                         const PutOptions& put_options) {
   if (auto st = ValidateNamespace(ns); !st.ok()) return st;
   absl::StatusOr<kernels::ChunkLayout> layout = kernels::MakeLayout(shape, config);
   if (!layout.ok()) return layout.status();
@@ -279,8 +354,15 @@ absl::StatusOr<ChunkInfo> StoreImpl::Put(std::string_view ns, const ChunkKey& ke
                                                    " bytes, the shape needs ",
                                                    shape.payload_bytes()));
   }
+  if (!gpus_.empty() &&
+      (put_options.device < -1 || put_options.device >= static_cast<int>(gpus_.size()))) {
+    return absl::InvalidArgumentError(absl::StrCat("device ", put_options.device,
+                                                   " is out of range: the store has ",
+                                                   gpus_.size(), " GPU tiers"));
+  }
   // Each section gets its own page-aligned run so a layer-range read touches only the
-  // pages of the pairs it decodes.
+  // pages of the pairs it decodes. Every tier uses the same page size, so the runs are at
+  // the same offsets whichever tier holds the chunk.
   const uint32_t num_pairs = layout->num_pairs();
   auto entry = std::make_unique<Entry>();
   entry->section_offset.resize(num_pairs);
@@ -289,6 +371,23 @@ absl::StatusOr<ChunkInfo> StoreImpl::Put(std::string_view ns, const ChunkKey& ke
     entry->section_offset[p] = num_pages * pool_->page_bytes();
     num_pages += pool_->PagesFor(layout->pairs[p].bytes);
   }
+  entry->ns.assign(ns.data(), ns.size());
+  entry->key = key;
+  entry->hash = HashKey(ns, key);
+  // Without GPU tiers PutOptions::device means nothing (and is not range-checked).
+  entry->home = gpus_.empty()                ? -1
+                : put_options.device >= 0 ? put_options.device
+                                          : HomeTier(ns);
+
+#if KVSTASH_HAVE_CUDA
+  if (const int home = entry->home; home >= 0) {
+    if (gpus_[home]->healthy()) {
+      return PutGpu(home, std::move(entry), *layout, num_pages, payload);
+    }
+    // The device failed earlier: encode on the CPU into the host tier.
+    gpu_fallbacks_.fetch_add(1, std::memory_order_relaxed);
+  }
+#endif
   if (num_pages > pool_->pages_total()) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "store: chunk of ", layout->total_bytes, " encoded bytes needs ", num_pages,
@@ -306,22 +405,18 @@ absl::StatusOr<ChunkInfo> StoreImpl::Put(std::string_view ns, const ChunkKey& ke
   TrimOnExit trim_encode(tls_encode);
   uint8_t* chunk = tls_encode.Get(layout->total_bytes);
   if (auto st = kernels::Encode(*layout, in, chunk, options_.impl); !st.ok()) return st;
-  absl::StatusOr<kernels::ParsedHeader> header =
-      kernels::ParseHeader(chunk, layout->total_bytes, /*require_full=*/true);
-  if (!header.ok()) {
-    // The encoder wrote a header its own parser rejects: a codec bug, not a caller error.
-    return absl::InternalError(
-        absl::StrCat("store: encoder produced an unreadable header: ", header.status().message()));
-  }
+  return PutHost(std::move(entry), num_pages, chunk, layout->total_bytes);
+}
 
-  entry->ns.assign(ns.data(), ns.size());
-  entry->key = key;
-  entry->hash = HashKey(ns, key);
-  entry->info = MakeInfo(header->layout);
-  entry->elements = shape.elements();
-  entry->equivalent_bit_elements =
-      std::llround(entry->info.equivalent_bits * static_cast<double>(entry->elements));
-  entry->header = *std::move(header);
+absl::StatusOr<ChunkInfo> StoreImpl::PutHost(std::unique_ptr<Entry> entry, uint64_t num_pages,
+                                             const uint8_t* chunk, uint64_t chunk_bytes) {
+  if (num_pages > pool_->pages_total()) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "store: chunk needs ", num_pages, " pages; the whole host tier holds ",
+        pool_->pages_total()));
+  }
+  if (auto st = SetHeader(entry.get(), chunk, chunk_bytes); !st.ok()) return st;
+  entry->tier = -1;
   const KeyRef k = entry->ref();
 
   bool evicted_self = false;
@@ -332,15 +427,35 @@ absl::StatusOr<ChunkInfo> StoreImpl::Put(std::string_view ns, const ChunkKey& ke
   // Copy into the pages, still outside every lock: nobody else can see this entry yet.
   const kernels::ChunkLayout& lay = entry->header.layout;
   entry->pages.Write(0, chunk, lay.header_bytes);
-  entry->direct.resize(num_pairs);
-  for (uint32_t p = 0; p < num_pairs; ++p) {
+  entry->direct.resize(lay.num_pairs());
+  for (uint32_t p = 0; p < lay.num_pairs(); ++p) {
     const uint64_t off = entry->section_offset[p];
     entry->pages.Write(off, chunk + lay.pairs[p].offset, lay.pairs[p].bytes);
     entry->direct[p] = entry->pages.ContiguousAt(off, lay.pairs[p].bytes);
   }
+  return Publish(std::move(entry), evicted_self);
+}
 
-  // Publish: one shard lock swaps the old entry for the new, so readers see either.
+absl::Status StoreImpl::SetHeader(Entry* entry, const uint8_t* chunk, uint64_t chunk_bytes) {
+  absl::StatusOr<kernels::ParsedHeader> header =
+      kernels::ParseHeader(chunk, chunk_bytes, /*require_full=*/true);
+  if (!header.ok()) {
+    // The encoder wrote a header its own parser rejects: a codec bug, not a caller error.
+    return absl::InternalError(
+        absl::StrCat("store: encoder produced an unreadable header: ", header.status().message()));
+  }
+  entry->info = MakeInfo(header->layout);
+  entry->elements = header->layout.shape.elements();
+  entry->equivalent_bit_elements =
+      std::llround(entry->info.equivalent_bits * static_cast<double>(entry->elements));
+  entry->header = *std::move(header);
+  return absl::OkStatus();
+}
+
+ChunkInfo StoreImpl::Publish(std::unique_ptr<Entry> entry, bool evicted_self) {
+  // One shard lock swaps the old entry for the new, so readers see either.
   ChunkInfo info = entry->info;
+  const KeyRef k = entry->ref();
   Shard& s = ShardFor(k.hash);
   Entry* dead = nullptr;
   {
@@ -354,18 +469,7 @@ absl::StatusOr<ChunkInfo> StoreImpl::Put(std::string_view ns, const ChunkKey& ke
     } else if (evicted_self) {
       info.replaced = true;  // the old chunk made room for this one
     }
-    Entry* e = entry.release();
-    e->refs = 1;
-    e->in_index = true;
-    e->last_use = clock_.fetch_add(1, std::memory_order_relaxed) + 1;
-    s.map.insert(e);
-    s.lru.PushNewest(e);
-    s.lru_pages += e->num_pages();
-    s.chunks += 1;
-    s.logical_bytes += e->info.logical_bytes;
-    s.stored_bytes += e->info.stored_bytes;
-    s.elements += e->elements;
-    s.equivalent_bit_elements += e->equivalent_bit_elements;
+    InsertLocked(s, entry.release());
   }
   delete dead;
   puts_.fetch_add(1, std::memory_order_relaxed);
@@ -400,6 +504,19 @@ absl::StatusOr<ChunkInfo> StoreImpl::Get(std::string_view ns, const ChunkKey& ke
   if (!resolved.ok()) return resolved.status();
   const kernels::PairRange range = kernels::PairsForSlice(*resolved);
 
+#if KVSTASH_HAVE_CUDA
+  if (pin->tier >= 0) {
+    const uint64_t bytes = kernels::DecodedBytes(lay.shape, *resolved);
+    uint8_t* out = alloc(bytes);
+    if (out == nullptr) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("store: output allocator gave no memory for ", bytes, " bytes"));
+    }
+    if (auto st = GetGpu(*e, *resolved, out_dtype, out); !st.ok()) return st;
+    return pin->info;
+  }
+#endif
+
   // Sections whose pages are adjacent are read in place; the others are gathered into one
   // contiguous scratch buffer, each at a 64-byte aligned offset.
   thread_local std::vector<const uint8_t*> sections;
@@ -431,6 +548,9 @@ absl::StatusOr<ChunkInfo> StoreImpl::Get(std::string_view ns, const ChunkKey& ke
       !st.ok()) {
     return st;
   }
+#if KVSTASH_HAVE_CUDA
+  if (!gpus_.empty() && options_.gpu_promote_on_read) MaybePromote(e);
+#endif
   return pin->info;
 }
 
@@ -481,10 +601,12 @@ absl::Status StoreImpl::Delete(std::string_view ns, const ChunkKey& key) {
 StoreStats StoreImpl::Stats() const {
   StoreStats st;
   uint64_t equivalent_bit_elements = 0;
+  std::vector<uint64_t> gpu_chunks(gpus_.size(), 0);
   for (uint32_t i = 0; i < options_.num_shards; ++i) {
     Shard& s = shards_[i];
     absl::MutexLock lock(&s.mu);
     st.chunks += s.chunks;
+    for (size_t d = 0; d < gpus_.size(); ++d) gpu_chunks[d] += s.gpu_chunks[d];
     st.logical_bytes += s.logical_bytes;
     st.stored_bytes += s.stored_bytes;
     st.elements += s.elements;
@@ -502,6 +624,32 @@ StoreStats StoreImpl::Stats() const {
   st.puts = puts_.load(std::memory_order_relaxed);
   st.gets = gets_.load(std::memory_order_relaxed);
   st.deletes = deletes_.load(std::memory_order_relaxed);
+  st.demotions = demotions_.load(std::memory_order_relaxed);
+  st.promotions = promotions_.load(std::memory_order_relaxed);
+  st.gpu_fallbacks = gpu_fallbacks_.load(std::memory_order_relaxed);
+  st.codec_path = gpus_.empty() ? (options_.impl == kernels::Impl::kReference
+                                       ? "reference"
+                                       : kernels::FastPathName())
+                                : "cuda";
+#if KVSTASH_HAVE_CUDA
+  for (size_t d = 0; d < gpus_.size(); ++d) {
+    const GpuTier& g = *gpus_[d];
+    GpuTierStats gs;
+    gs.ordinal = g.device();
+    gs.name = g.name();
+    gs.healthy = g.healthy();
+    gs.pages_total = g.pages().pages_total();
+    gs.pages_used = g.pages().pages_used();
+    gs.capacity_bytes = gs.pages_total * st.page_bytes;
+    gs.used_bytes = gs.pages_used * st.page_bytes;
+    gs.chunks = gpu_chunks[d];
+    st.gpu_capacity_bytes += gs.capacity_bytes;
+    st.gpu_used_bytes += gs.used_bytes;
+    st.gpu_chunks += gs.chunks;
+    st.gpus.push_back(std::move(gs));
+  }
+#endif
+  st.host_chunks = st.chunks - st.gpu_chunks;
   return st;
 }
 

@@ -1,8 +1,11 @@
-// The Store implementation: a sharded index of pinned-by-refcount entries over a PagePool,
-// with least-recently-read eviction across shards. Internal to kvstash_store; include
+// The Store implementation: a sharded index of pinned-by-refcount entries over a host
+// PagePool and, with GPUs, one device pool per GPU (gpu_tier.h), with least-recently-read
+// demotion GPU -> host and eviction from the host tier. Internal to kvstash_store; include
 // store.h instead. The design is in docs/store.md.
 //
-// Thread-safe, as Store. Lock order: alloc_mu_ -> one Shard::mu -> PagePool's mutex.
+// Thread-safe, as Store. Lock order: gpu_alloc_mu_[d] -> alloc_mu_ -> one Shard::mu ->
+// a PagePool's mutex; a GPU worker lease is taken before gpu_alloc_mu_ and never while
+// holding a mutex. No lock is held across a CUDA call.
 // No lock is held while encoding, decoding, copying chunk bytes or calling the
 // OutputAllocator; entries are freed (pages returned) after the shard lock is dropped.
 #ifndef KVSTASH_SERVER_STORE_STORE_IMPL_H_
@@ -23,7 +26,17 @@
 #include "server/memory/page_pool.h"
 #include "server/store/store.h"
 
+#if KVSTASH_HAVE_CUDA
+#include "server/store/gpu_tier.h"
+#endif
+
 namespace kvstash::store::internal {
+
+#if !KVSTASH_HAVE_CUDA
+// Without CUDA there are no GPU tiers: StoreImpl::gpus_ is always empty.
+class GpuTier {};
+class GpuWorker {};
+#endif
 
 // (namespace, key) plus its hash, for lookups that must not allocate.
 struct KeyRef {
@@ -45,6 +58,11 @@ struct Entry {
   // B_eq × elements, a whole number (code bits per element summed over the chunk), kept
   // as an integer so the shard sums add and subtract exactly.
   uint64_t equivalent_bit_elements = 0;
+  // Which tier holds `pages`: -1 the host pool, d >= 0 the device pool gpus_[d] (then the
+  // page addresses and `direct` are device pointers). Fixed for the entry's life: moving a
+  // chunk between tiers publishes a new entry in its place.
+  int tier = -1;
+  int home = -1;                 // GPU tier the chunk belongs on (-1 without GPUs)
   memory::PageSpan pages;        // header run, then one page-aligned run per pair section
   std::vector<uint64_t> section_offset;  // [P] byte offset of pair p's run in `pages`
   std::vector<const uint8_t*> direct;    // [P] pair p in place, or null if its run is split
@@ -100,9 +118,14 @@ struct EntryEq {
 struct Shard {
   absl::Mutex mu;
   absl::flat_hash_set<Entry*, EntryHash, EntryEq> map ABSL_GUARDED_BY(mu);
-  EntryList lru ABSL_GUARDED_BY(mu);     // indexed, unpinned (refs == 1); evictable
-  EntryList in_use ABSL_GUARDED_BY(mu);  // indexed, pinned (refs > 1)
+  EntryList lru ABSL_GUARDED_BY(mu);     // indexed, unpinned (refs == 1), host tier; evictable
+  EntryList in_use ABSL_GUARDED_BY(mu);  // indexed, pinned (refs > 1), any tier
   uint64_t lru_pages ABSL_GUARDED_BY(mu) = 0;  // pages of the entries in lru
+  // Per GPU tier d: its unpinned entries (demotable, oldest first), their pages, and the
+  // chunks resident there. Sized once by StoreImpl's constructor.
+  std::unique_ptr<EntryList[]> gpu_lru ABSL_GUARDED_BY(mu);
+  std::vector<uint64_t> gpu_lru_pages ABSL_GUARDED_BY(mu);
+  std::vector<uint64_t> gpu_chunks ABSL_GUARDED_BY(mu);
   uint64_t chunks ABSL_GUARDED_BY(mu) = 0;
   uint64_t logical_bytes ABSL_GUARDED_BY(mu) = 0;
   uint64_t stored_bytes ABSL_GUARDED_BY(mu) = 0;
@@ -112,14 +135,20 @@ struct Shard {
 
 class StoreImpl final : public Store {
  public:
-  // REQUIRES: options validated (Store::Create does it).
-  StoreImpl(const StoreOptions& options, std::unique_ptr<memory::PagePool> pool);
+  // REQUIRES: options validated (Store::Create does it). `gpus` may be empty.
+  StoreImpl(const StoreOptions& options, std::unique_ptr<memory::PagePool> pool,
+            std::vector<std::unique_ptr<GpuTier>> gpus);
   ~StoreImpl() override;
 
   absl::StatusOr<ChunkInfo> Put(std::string_view ns, const ChunkKey& key,
                                 const kernels::ChunkShape& shape,
                                 const kernels::CodecConfig& config,
                                 std::span<const uint8_t> payload) override;
+  absl::StatusOr<ChunkInfo> Put(std::string_view ns, const ChunkKey& key,
+                                const kernels::ChunkShape& shape,
+                                const kernels::CodecConfig& config,
+                                std::span<const uint8_t> payload,
+                                const PutOptions& options) override;
   absl::StatusOr<ChunkInfo> Get(std::string_view ns, const ChunkKey& key,
                                 const kernels::Slice& slice, kernels::DType out_dtype,
                                 const OutputAllocator& alloc) override;
@@ -155,9 +184,58 @@ class StoreImpl final : public Store {
   Entry* RemoveLocked(Shard& s, Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s.mu);
   void Unpin(Entry* e);
 
+  // The tier-dependent list and page count an unpinned indexed entry lives in.
+  static EntryList& LruOf(Shard& s, const Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s.mu) {
+    return e->tier < 0 ? s.lru : s.gpu_lru[e->tier];
+  }
+  static uint64_t& LruPagesOf(Shard& s, const Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s.mu) {
+    return e->tier < 0 ? s.lru_pages : s.gpu_lru_pages[e->tier];
+  }
+  // Adds a fresh entry (refs 0) to the index as the newest of its tier.
+  void InsertLocked(Shard& s, Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s.mu);
+  // Parses the header of the encoded `chunk` into the entry with its info and bit counts.
+  static absl::Status SetHeader(Entry* entry, const uint8_t* chunk, uint64_t chunk_bytes);
+  // Publishes a filled entry, replacing any chunk of its key; settles `evicted_self`.
+  ChunkInfo Publish(std::unique_ptr<Entry> entry, bool evicted_self);
+  // Host tier: allocates pages (evicting), copies the whole encoded `chunk`, publishes.
+  // Parses and keeps the chunk's header (Internal if the encoder wrote a bad one).
+  absl::StatusOr<ChunkInfo> PutHost(std::unique_ptr<Entry> entry, uint64_t num_pages,
+                                    const uint8_t* chunk, uint64_t chunk_bytes);
+  // Replaces `old` (pinned by the caller) with `fresh`, a copy of it in another tier, if
+  // `old` is still the indexed chunk of its key; else deletes `fresh`. True if replaced.
+  bool ReplaceIfIndexed(Entry* old, std::unique_ptr<Entry> fresh);
+  // A new entry with old's key and metadata, no pages.
+  static std::unique_ptr<Entry> CloneMeta(const Entry& old);
+  int HomeTier(std::string_view ns) const;
+
+  // GPU paths (store_gpu.cc; CUDA builds only, reached only when gpus_ is non-empty).
+  // Encodes on GPU tier t and keeps the chunk there, demoting others as needed; when the
+  // device pool cannot take it, stores the GPU-encoded chunk in the host tier instead.
+  absl::StatusOr<ChunkInfo> PutGpu(int t, std::unique_ptr<Entry> entry,
+                                   const kernels::ChunkLayout& layout, uint64_t num_pages,
+                                   std::span<const uint8_t> payload);
+  absl::Status GetGpu(const Entry& e, const kernels::Slice& resolved, kernels::DType out_dtype,
+                      uint8_t* out);
+  // Takes `num_pages` pages of GPU tier t, demoting least-recently-read unpinned chunks of
+  // that device to the host tier as needed. ResourceExhausted when even that cannot make
+  // room (the caller falls back to the host tier).
+  absl::StatusOr<memory::PageSpan> AllocateOnGpu(int t, uint64_t num_pages, GpuWorker* w);
+  // Pins the oldest unpinned entry of GPU tier t across shards; null when none.
+  Entry* PinOldestOnGpu(int t);
+  // Moves pinned GPU entry `victim` to the host tier and unpins it; if the host tier cannot
+  // take it the chunk is dropped (an eviction). Errors only for CUDA failures.
+  absl::Status Demote(Entry* victim, GpuWorker* w);
+  // After a host-tier read of pinned `e`: copies it to its home GPU when that pool has
+  // free pages and a worker is idle. Best effort; never fails the read.
+  void MaybePromote(Entry* e);
+  void NoteGpuError(int t, const absl::Status& st);
+
   const StoreOptions options_;
   const std::unique_ptr<memory::PagePool> pool_;
   const std::unique_ptr<Shard[]> shards_;
+  const std::vector<std::unique_ptr<GpuTier>> gpus_;
+  // Per GPU tier: serializes its demotion slow path, as alloc_mu_ does for the host tier.
+  const std::unique_ptr<absl::Mutex[]> gpu_alloc_mu_;
 
   // Serializes the eviction slow path so that concurrent Puts under pressure do not
   // evict on each other's behalf more than needed.
@@ -171,6 +249,9 @@ class StoreImpl final : public Store {
   std::atomic<uint64_t> puts_{0};
   std::atomic<uint64_t> gets_{0};
   std::atomic<uint64_t> deletes_{0};
+  std::atomic<uint64_t> demotions_{0};
+  std::atomic<uint64_t> promotions_{0};
+  std::atomic<uint64_t> gpu_fallbacks_{0};
 };
 
 }  // namespace kvstash::store::internal

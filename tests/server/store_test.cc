@@ -115,6 +115,7 @@ class StoreTest : public ::testing::Test {
   std::unique_ptr<Store> MakeStore(uint64_t pages, uint32_t page_bytes = kPage,
                                    uint32_t shards = 16) {
     StoreOptions o;
+    o.use_gpu = false;  // these tests pin down the host tier's accounting
     o.host_capacity_bytes = pages * page_bytes;
     o.page_bytes = page_bytes;
     o.num_shards = shards;

@@ -1,0 +1,422 @@
+#include "server/store/gpu_tier.h"
+
+#include <algorithm>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "kvstash/kernels/cuda_chunk.h"
+#include "kvstash/kernels/cuda_codec.h"
+#include "kvstash/kernels/cuda_status.h"
+#include "spdlog/spdlog.h"
+
+namespace kvstash::store::internal {
+namespace {
+
+// Calls fn(address, offset_in_range, length) for each maximal run of adjacent pages that
+// holds [offset, offset + n) of `span`. Page addresses are plain arithmetic, so this works
+// for device spans too.
+template <class Fn>
+void ForEachRun(const memory::PageSpan& span, uint64_t offset, uint64_t n, Fn&& fn) {
+  if (n == 0) return;
+  const uint64_t pb = span.bytes() / std::max<size_t>(span.num_pages(), 1);
+  uint64_t done = 0;
+  while (done < n) {
+    const uint64_t o = offset + done;
+    size_t page = o / pb;
+    uint64_t len = std::min(n - done, pb - o % pb);
+    uint8_t* start = span.page(page) + o % pb;
+    while (done + len < n && span.page_id(page + 1) == span.page_id(page) + 1) {
+      ++page;
+      len += std::min(n - done - len, pb);
+    }
+    fn(start, done, len);
+    done += len;
+  }
+}
+
+}  // namespace
+
+int VisibleCudaDevices() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // clear it: no driver or no device is not an error for us
+    return 0;
+  }
+  return n;
+}
+
+// --- CudaBuffer -------------------------------------------------------------------------
+
+CudaBuffer::CudaBuffer(CudaBuffer&& o) noexcept
+    : kind_(o.kind_), data_(std::exchange(o.data_, nullptr)), cap_(std::exchange(o.cap_, 0)) {}
+
+absl::Status CudaBuffer::Reserve(uint64_t bytes) {
+  if (bytes <= cap_) return absl::OkStatus();
+  Free();
+  const uint64_t want = std::max<uint64_t>((bytes + 255) / 256 * 256, 256);
+  void* p = nullptr;
+  const cudaError_t err = kind_ == Kind::kDevice ? cudaMalloc(&p, want)
+                                                 : cudaHostAlloc(&p, want, cudaHostAllocDefault);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    return kernels::cuda::CudaStatus(
+        err, absl::StrCat(kind_ == Kind::kDevice ? "gpu tier: cudaMalloc of "
+                                                 : "gpu tier: cudaHostAlloc of ",
+                          want, " bytes"));
+  }
+  data_ = static_cast<uint8_t*>(p);
+  cap_ = want;
+  return absl::OkStatus();
+}
+
+void CudaBuffer::Free() {
+  if (data_ == nullptr) return;
+  if (kind_ == Kind::kDevice) {
+    cudaFree(data_);
+  } else {
+    cudaFreeHost(data_);
+  }
+  data_ = nullptr;
+  cap_ = 0;
+}
+
+// --- GpuWorker --------------------------------------------------------------------------
+
+GpuWorker::GpuWorker(int device, uint64_t staging_bytes)
+    : device_(device), staging_bytes_(staging_bytes) {}
+
+absl::Status GpuWorker::Init() {
+  KVSTASH_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking),
+                               "gpu tier: cudaStreamCreate");
+  for (int b = 0; b < 2; ++b) {
+    KVSTASH_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&events_[b], cudaEventDisableTiming),
+                                 "gpu tier: cudaEventCreate");
+    if (auto st = staging_[b].Reserve(staging_bytes_); !st.ok()) return st;
+  }
+  if (auto st = d_flag_.Reserve(sizeof(unsigned long long)); !st.ok()) return st;
+  return absl::OkStatus();
+}
+
+GpuWorker::~GpuWorker() {
+  cudaSetDevice(device_);
+  if (stream_ != nullptr) cudaStreamSynchronize(stream_);
+  for (cudaEvent_t e : events_) {
+    if (e != nullptr) cudaEventDestroy(e);
+  }
+  if (stream_ != nullptr) cudaStreamDestroy(stream_);
+}
+
+absl::Status GpuWorker::Synchronize() {
+  KVSTASH_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_), "gpu tier: synchronize");
+  return absl::OkStatus();
+}
+
+// Host -> device: the host gathers pieces into one staging buffer while the other one's
+// copies run; a buffer is refilled only after the event recorded behind its copies.
+absl::Status GpuWorker::CopyToDevice(std::span<const CopySegment> segments) {
+  int b = 0;
+  uint64_t fill = 0;
+  for (const CopySegment& seg : segments) {
+    uint64_t pos = 0;
+    while (pos < seg.bytes) {
+      if (fill == 0) {
+        KVSTASH_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(events_[b]),
+                                     "gpu tier: staging wait");
+      }
+      const uint64_t take = std::min(seg.bytes - pos, staging_bytes_ - fill);
+      uint8_t* stage = staging_[b].data() + fill;
+      std::memcpy(stage, seg.host + pos, take);
+      KVSTASH_CUDA_RETURN_IF_ERROR(
+          cudaMemcpyAsync(seg.device + pos, stage, take, cudaMemcpyHostToDevice, stream_),
+          "gpu tier: host-to-device copy");
+      fill += take;
+      pos += take;
+      if (fill == staging_bytes_) {
+        KVSTASH_CUDA_RETURN_IF_ERROR(cudaEventRecord(events_[b], stream_),
+                                     "gpu tier: cudaEventRecord");
+        b ^= 1;
+        fill = 0;
+      }
+    }
+  }
+  if (fill > 0) {
+    KVSTASH_CUDA_RETURN_IF_ERROR(cudaEventRecord(events_[b], stream_),
+                                 "gpu tier: cudaEventRecord");
+  }
+  return absl::OkStatus();
+}
+
+// Device -> host: copies fill one staging buffer while the host drains the other.
+absl::Status GpuWorker::CopyToHost(std::span<const CopySegment> segments) {
+  struct Piece {
+    uint8_t* host;
+    uint64_t offset;
+    uint64_t bytes;
+  };
+  std::vector<Piece> batch[2];
+  bool in_flight[2] = {false, false};
+  auto drain = [&](int b) -> absl::Status {
+    if (!in_flight[b]) return absl::OkStatus();
+    KVSTASH_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(events_[b]),
+                                 "gpu tier: device-to-host copy");
+    for (const Piece& p : batch[b]) std::memcpy(p.host, staging_[b].data() + p.offset, p.bytes);
+    batch[b].clear();
+    in_flight[b] = false;
+    return absl::OkStatus();
+  };
+  int b = 0;
+  uint64_t fill = 0;
+  for (const CopySegment& seg : segments) {
+    uint64_t pos = 0;
+    while (pos < seg.bytes) {
+      const uint64_t take = std::min(seg.bytes - pos, staging_bytes_ - fill);
+      KVSTASH_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(staging_[b].data() + fill, seg.device + pos,
+                                                   take, cudaMemcpyDeviceToHost, stream_),
+                                   "gpu tier: device-to-host copy");
+      batch[b].push_back({seg.host + pos, fill, take});
+      fill += take;
+      pos += take;
+      if (fill == staging_bytes_) {
+        KVSTASH_CUDA_RETURN_IF_ERROR(cudaEventRecord(events_[b], stream_),
+                                     "gpu tier: cudaEventRecord");
+        in_flight[b] = true;
+        b ^= 1;
+        if (auto st = drain(b); !st.ok()) return st;
+        fill = 0;
+      }
+    }
+  }
+  if (fill > 0) {
+    KVSTASH_CUDA_RETURN_IF_ERROR(cudaEventRecord(events_[b], stream_),
+                                 "gpu tier: cudaEventRecord");
+    in_flight[b] = true;
+  }
+  if (auto st = drain(b ^ 1); !st.ok()) return st;
+  return drain(b);
+}
+
+absl::Status GpuWorker::GatherFromSpan(const memory::PageSpan& src, uint64_t offset,
+                                       uint64_t n, uint8_t* dst) {
+  cudaError_t err = cudaSuccess;
+  ForEachRun(src, offset, n, [&](uint8_t* addr, uint64_t at, uint64_t len) {
+    if (err == cudaSuccess) {
+      err = cudaMemcpyAsync(dst + at, addr, len, cudaMemcpyDeviceToDevice, stream_);
+    }
+  });
+  KVSTASH_CUDA_RETURN_IF_ERROR(err, "gpu tier: gather sections");
+  return absl::OkStatus();
+}
+
+absl::Status GpuWorker::ScatterToSpan(const uint8_t* src, cudaMemcpyKind kind,
+                                      const memory::PageSpan& dst, uint64_t offset,
+                                      uint64_t n) {
+  cudaError_t err = cudaSuccess;
+  ForEachRun(dst, offset, n, [&](uint8_t* addr, uint64_t at, uint64_t len) {
+    if (err == cudaSuccess) err = cudaMemcpyAsync(addr, src + at, len, kind, stream_);
+  });
+  KVSTASH_CUDA_RETURN_IF_ERROR(err, "gpu tier: store sections");
+  return absl::OkStatus();
+}
+
+absl::StatusOr<const uint8_t*> GpuWorker::Encode(const kernels::ChunkLayout& layout,
+                                                 std::span<const uint8_t> payload) {
+  if (auto st = d_in_.Reserve(payload.size()); !st.ok()) return st;
+  if (auto st = d_chunk_.Reserve(layout.total_bytes); !st.ok()) return st;
+  if (auto st = h_chunk_.Reserve(layout.total_bytes); !st.ok()) return st;
+  const CopySegment in{d_in_.data(), const_cast<uint8_t*>(payload.data()), payload.size()};
+  if (auto st = CopyToDevice({&in, 1}); !st.ok()) return st;
+  if (auto st = kernels::cuda::EncodeToHost(
+          layout, reinterpret_cast<const uint16_t*>(d_in_.data()), d_chunk_.data(),
+          reinterpret_cast<unsigned long long*>(d_flag_.data()), stream_, h_chunk_.data());
+      !st.ok()) {
+    return st;
+  }
+  return h_chunk_.data();
+}
+
+absl::Status GpuWorker::StoreEncoded(const kernels::ChunkLayout& layout,
+                                     std::span<const uint64_t> section_offset,
+                                     const memory::PageSpan& dst) {
+  // The header from the pinned host copy (it is sealed there), the sections device to
+  // device from where the encoder wrote them.
+  if (auto st = ScatterToSpan(h_chunk_.data(), cudaMemcpyHostToDevice, dst, 0,
+                              layout.header_bytes);
+      !st.ok()) {
+    return st;
+  }
+  for (uint32_t p = 0; p < layout.num_pairs(); ++p) {
+    if (auto st = ScatterToSpan(d_chunk_.data() + layout.pairs[p].offset,
+                                cudaMemcpyDeviceToDevice, dst, section_offset[p],
+                                layout.pairs[p].bytes);
+        !st.ok()) {
+      return st;
+    }
+  }
+  return Synchronize();
+}
+
+absl::Status GpuWorker::Decode(const kernels::ParsedHeader& header,
+                               const memory::PageSpan& pages,
+                               std::span<const uint64_t> section_offset,
+                               std::span<const uint8_t* const> direct,
+                               const kernels::Slice& resolved, kernels::DType out_dtype,
+                               uint8_t* out) {
+  const kernels::ChunkLayout& lay = header.layout;
+  const kernels::PairRange range = kernels::PairsForSlice(resolved);
+  const uint32_t num_pairs = lay.num_pairs();
+  uint64_t gather_bytes = 0;
+  for (uint32_t p = range.first; p <= range.last; ++p) {
+    if (direct[p] == nullptr) gather_bytes += lay.pairs[p].bytes;
+  }
+  const uint64_t out_bytes = kernels::DecodedBytes(lay.shape, resolved);
+  if (auto st = d_ptrs_.Reserve(num_pairs * sizeof(void*)); !st.ok()) return st;
+  if (auto st = h_ptrs_.Reserve(num_pairs * sizeof(void*)); !st.ok()) return st;
+  if (auto st = d_out_.Reserve(out_bytes); !st.ok()) return st;
+  if (gather_bytes > 0) {
+    if (auto st = d_gather_.Reserve(gather_bytes); !st.ok()) return st;
+  }
+  const uint8_t** ptrs = reinterpret_cast<const uint8_t**>(h_ptrs_.data());
+  std::fill(ptrs, ptrs + num_pairs, nullptr);
+  uint8_t* gather = d_gather_.data();
+  for (uint32_t p = range.first; p <= range.last; ++p) {
+    if (direct[p] != nullptr) {
+      ptrs[p] = direct[p];
+    } else {
+      if (auto st = GatherFromSpan(pages, section_offset[p], lay.pairs[p].bytes, gather);
+          !st.ok()) {
+        return st;
+      }
+      ptrs[p] = gather;
+      gather += lay.pairs[p].bytes;  // a multiple of 64: the next section stays aligned
+    }
+  }
+  KVSTASH_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(d_ptrs_.data(), h_ptrs_.data(),
+                                               num_pairs * sizeof(void*),
+                                               cudaMemcpyHostToDevice, stream_),
+                               "gpu tier: copy section pointers");
+  kernels::cuda::DecodeParams dp;
+  dp.geo = kernels::cuda::GeometryOf(lay);
+  dp.sections = reinterpret_cast<const uint8_t* const*>(d_ptrs_.data());
+  dp.num_chunks = 1;
+  dp.layer_begin = resolved.layer_begin;
+  dp.layer_end = resolved.layer_end;
+  dp.head_begin = resolved.head_begin;
+  dp.head_end = resolved.head_end;
+  dp.out_dtype = static_cast<uint32_t>(out_dtype);
+  dp.out = reinterpret_cast<uint16_t*>(d_out_.data());
+  KVSTASH_CUDA_RETURN_IF_ERROR(kernels::cuda::LaunchDecode(dp, stream_),
+                               "gpu tier: decode launch");
+  const CopySegment seg{d_out_.data(), out, out_bytes};
+  if (auto st = CopyToHost({&seg, 1}); !st.ok()) return st;
+  // h_ptrs_ is reused by the next Decode: make sure its copy has run (it has: the copy of
+  // the output is behind it in stream order and has completed).
+  return absl::OkStatus();
+}
+
+namespace {
+
+std::vector<CopySegment> PageSegments(const memory::PageSpan& device_span,
+                                      const memory::PageSpan& host_span) {
+  std::vector<CopySegment> segs;
+  const size_t n = device_span.num_pages();
+  const uint64_t pb = n == 0 ? 0 : device_span.bytes() / n;
+  for (size_t i = 0; i < n; ++i) {
+    uint8_t* d = device_span.page(i);
+    uint8_t* h = host_span.page(i);
+    if (!segs.empty() && segs.back().device + segs.back().bytes == d &&
+        segs.back().host + segs.back().bytes == h) {
+      segs.back().bytes += pb;
+    } else {
+      segs.push_back({d, h, pb});
+    }
+  }
+  return segs;
+}
+
+}  // namespace
+
+absl::Status GpuWorker::CopyPagesToHost(const memory::PageSpan& device_span,
+                                        const memory::PageSpan& host_span) {
+  const std::vector<CopySegment> segs = PageSegments(device_span, host_span);
+  return CopyToHost(segs);
+}
+
+absl::Status GpuWorker::CopyPagesToDevice(const memory::PageSpan& host_span,
+                                          const memory::PageSpan& device_span) {
+  const std::vector<CopySegment> segs = PageSegments(device_span, host_span);
+  if (auto st = CopyToDevice(segs); !st.ok()) return st;
+  return Synchronize();
+}
+
+// --- GpuTier ----------------------------------------------------------------------------
+
+absl::StatusOr<std::unique_ptr<GpuTier>> GpuTier::Create(const GpuTierOptions& o) {
+  memory::DevicePoolOptions po;
+  po.device = o.device;
+  po.capacity_bytes = o.capacity_bytes;
+  po.page_bytes = o.page_bytes;
+  absl::StatusOr<std::unique_ptr<memory::DevicePool>> pool = memory::DevicePool::Create(po);
+  if (!pool.ok()) return pool.status();
+  cudaDeviceProp prop{};
+  KVSTASH_CUDA_RETURN_IF_ERROR(cudaGetDeviceProperties(&prop, o.device),
+                               "gpu tier: cudaGetDeviceProperties");
+  std::unique_ptr<GpuTier> tier(new GpuTier(o.device, prop.name, *std::move(pool)));
+  for (uint32_t i = 0; i < std::max<uint32_t>(o.workers, 1); ++i) {
+    std::unique_ptr<GpuWorker> w(new GpuWorker(o.device, o.staging_bytes));
+    if (auto st = w->Init(); !st.ok()) return st;
+    tier->workers_.push_back(std::move(w));
+  }
+  {
+    absl::MutexLock lock(&tier->mu_);
+    for (auto& w : tier->workers_) tier->free_.push_back(w.get());
+  }
+  spdlog::info("gpu tier {}: {} ({} MiB pool, {} streams, 2 x {} KiB pinned staging each)",
+               o.device, tier->name_, tier->pages().capacity_bytes() >> 20,
+               tier->workers_.size(), o.staging_bytes >> 10);
+  return tier;
+}
+
+GpuTier::~GpuTier() {
+  workers_.clear();  // streams and buffers before the pool's memory
+  pool_.reset();
+}
+
+GpuTier::Lease GpuTier::Acquire() {
+  GpuWorker* w;
+  {
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(
+        +[](std::vector<GpuWorker*>* f) { return !f->empty(); }, &free_));
+    w = free_.back();
+    free_.pop_back();
+  }
+  cudaSetDevice(device_);  // outside the lock; failures surface on the worker's next call
+  return Lease(this, w);
+}
+
+GpuTier::Lease GpuTier::TryAcquire() {
+  GpuWorker* w;
+  {
+    absl::MutexLock lock(&mu_);
+    if (free_.empty()) return Lease();
+    w = free_.back();
+    free_.pop_back();
+  }
+  cudaSetDevice(device_);
+  return Lease(this, w);
+}
+
+void GpuTier::Release(GpuWorker* w) {
+  absl::MutexLock lock(&mu_);
+  free_.push_back(w);
+}
+
+void GpuTier::MarkFailed(const absl::Status& why) {
+  if (!failed_.exchange(true)) {
+    spdlog::error("gpu tier {}: taking no new chunks after a device error: {}", device_,
+                  why.ToString());
+  }
+}
+
+}  // namespace kvstash::store::internal

@@ -1,0 +1,204 @@
+// The GPU memory tier of one device: its page pool (server/memory/device_pool.h) and a
+// small set of workers, each a CUDA stream with pinned staging buffers and grow-only device
+// scratch, that run the copy/encode/decode orchestration of the store's GPU paths.
+// Internal to kvstash_store, built only with KVSTASH_HAVE_CUDA; docs/store.md ("GPU tier")
+// has the design.
+//
+// Thread-safety: GpuTier is thread-safe (Acquire hands each worker to one thread at a
+// time; its mutex guards only the free list, and no CUDA call runs under it). A GpuWorker
+// is used by the one thread holding its lease. No worker method takes a lock.
+#ifndef KVSTASH_SERVER_STORE_GPU_TIER_H_
+#define KVSTASH_SERVER_STORE_GPU_TIER_H_
+
+#include <cuda_runtime_api.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "kvstash/kernels/codec.h"
+#include "kvstash/kernels/format.h"
+#include "server/memory/device_pool.h"
+#include "server/memory/page_pool.h"
+
+namespace kvstash::store::internal {
+
+// Number of CUDA devices this process can use; 0 when the runtime reports none or fails
+// (no driver, no device). Never fails.
+int VisibleCudaDevices();
+
+struct GpuTierOptions {
+  int device = 0;                  // CUDA ordinal
+  uint64_t capacity_bytes = 0;     // device pool bytes; 0 = a quarter of free memory
+  uint32_t page_bytes = 64 * 1024; // same as the host pool's, so tiers share page layouts
+  uint32_t workers = 4;            // streams (and staging buffer pairs) per device
+  uint64_t staging_bytes = 4 << 20;  // bytes of each of a worker's two pinned buffers
+};
+
+// A contiguous run to copy between device memory and (pageable) host memory.
+struct CopySegment {
+  uint8_t* device = nullptr;
+  uint8_t* host = nullptr;
+  uint64_t bytes = 0;
+};
+
+// Move-only owner of a grow-only cudaMalloc'd or cudaHostAlloc'd buffer.
+class CudaBuffer {
+ public:
+  enum class Kind { kDevice, kPinnedHost };
+  explicit CudaBuffer(Kind kind) : kind_(kind) {}
+  CudaBuffer(CudaBuffer&& o) noexcept;
+  CudaBuffer& operator=(CudaBuffer&&) = delete;
+  CudaBuffer(const CudaBuffer&) = delete;
+  ~CudaBuffer() { Free(); }
+  // Grows to at least `bytes` (contents are not kept). ResourceExhausted on failure.
+  absl::Status Reserve(uint64_t bytes);
+  uint8_t* data() const { return data_; }
+
+ private:
+  void Free();
+  const Kind kind_;
+  uint8_t* data_ = nullptr;
+  uint64_t cap_ = 0;
+};
+
+// One CUDA stream with its pinned staging pair, events and scratch. Every method runs
+// synchronously with respect to the caller unless it says otherwise, returns CUDA failures
+// as CudaStatus (Internal with the error name; ResourceExhausted for allocation) and leaves
+// the worker reusable after an error (a sticky device error excepted).
+class GpuWorker {
+ public:
+  ~GpuWorker();
+  GpuWorker(const GpuWorker&) = delete;
+  GpuWorker& operator=(const GpuWorker&) = delete;
+
+  int device() const { return device_; }
+
+  // Copies host -> device through the pinned staging buffers (double-buffered). Returns
+  // when the host memory may be reused; the device side completes in stream order.
+  absl::Status CopyToDevice(std::span<const CopySegment> segments);
+  // Copies device -> host through the staging buffers; returns when the host has the bytes.
+  absl::Status CopyToHost(std::span<const CopySegment> segments);
+  absl::Status Synchronize();
+
+  // Encodes `payload` ([L][2][T][H][D], layout.shape.dtype) on the device: the sections stay
+  // in this worker's device scratch, and the whole chunk, header and checksums sealed, is
+  // returned in pinned host memory valid until the next Encode. InvalidArgument for NaN/Inf.
+  absl::StatusOr<const uint8_t*> Encode(const kernels::ChunkLayout& layout,
+                                        std::span<const uint8_t> payload);
+  // Writes the last Encode's chunk into `dst` (device pages): the header run at offset 0 and
+  // pair p's section at section_offset[p]. Synchronizes.
+  absl::Status StoreEncoded(const kernels::ChunkLayout& layout,
+                            std::span<const uint64_t> section_offset,
+                            const memory::PageSpan& dst);
+
+  // Decodes `resolved` of a device-resident chunk into host memory `out` (DecodedBytes):
+  // sections whose device pages are contiguous (direct[p] != null) are read in place, the
+  // others gathered device-to-device first. No checksum is verified here: the sections
+  // were verified when they entered the device (docs/store.md).
+  absl::Status Decode(const kernels::ParsedHeader& header, const memory::PageSpan& pages,
+                      std::span<const uint64_t> section_offset,
+                      std::span<const uint8_t* const> direct, const kernels::Slice& resolved,
+                      kernels::DType out_dtype, uint8_t* out);
+
+  // Copies every page of `device_span` to the page of the same index of `host_span`
+  // (demotion), or the other way (promotion). Synchronizes.
+  // REQUIRES: the spans have the same number of pages of the same size.
+  absl::Status CopyPagesToHost(const memory::PageSpan& device_span,
+                               const memory::PageSpan& host_span);
+  absl::Status CopyPagesToDevice(const memory::PageSpan& host_span,
+                                 const memory::PageSpan& device_span);
+
+ private:
+  friend class GpuTier;
+  GpuWorker(int device, uint64_t staging_bytes);
+  absl::Status Init();
+  // Device-to-device copies of [offset, offset + n) of device span `src` into `dst`.
+  absl::Status GatherFromSpan(const memory::PageSpan& src, uint64_t offset, uint64_t n,
+                              uint8_t* dst);
+  absl::Status ScatterToSpan(const uint8_t* src, cudaMemcpyKind kind,
+                             const memory::PageSpan& dst, uint64_t offset, uint64_t n);
+
+  const int device_;
+  const uint64_t staging_bytes_;
+  cudaStream_t stream_ = nullptr;
+  cudaEvent_t events_[2] = {nullptr, nullptr};
+  CudaBuffer staging_[2] = {CudaBuffer(CudaBuffer::Kind::kPinnedHost),
+                            CudaBuffer(CudaBuffer::Kind::kPinnedHost)};
+  CudaBuffer d_in_{CudaBuffer::Kind::kDevice};       // Put: the 16-bit payload
+  CudaBuffer d_chunk_{CudaBuffer::Kind::kDevice};    // Put: the encoded chunk
+  CudaBuffer d_flag_{CudaBuffer::Kind::kDevice};     // Put: first bad element
+  CudaBuffer h_chunk_{CudaBuffer::Kind::kPinnedHost};  // Put: the sealed chunk on host
+  CudaBuffer d_gather_{CudaBuffer::Kind::kDevice};   // Get: split sections made contiguous
+  CudaBuffer d_out_{CudaBuffer::Kind::kDevice};      // Get: decoded slice
+  CudaBuffer d_ptrs_{CudaBuffer::Kind::kDevice};     // Get: section pointer array
+  CudaBuffer h_ptrs_{CudaBuffer::Kind::kPinnedHost};
+};
+
+class GpuTier {
+ public:
+  // Creates the device pool and the workers. Errors as CudaStatus / DevicePool::Create.
+  static absl::StatusOr<std::unique_ptr<GpuTier>> Create(const GpuTierOptions& options);
+  // REQUIRES: no lease outstanding and every span of pages() released.
+  ~GpuTier();
+  GpuTier(const GpuTier&) = delete;
+  GpuTier& operator=(const GpuTier&) = delete;
+
+  // RAII: holds one worker; returns it on destruction. Move-only.
+  class Lease {
+   public:
+    Lease() = default;
+    Lease(Lease&& o) noexcept : tier_(std::exchange(o.tier_, nullptr)), w_(o.w_) {}
+    Lease& operator=(Lease&&) = delete;
+    Lease(const Lease&) = delete;
+    ~Lease() {
+      if (tier_ != nullptr) tier_->Release(w_);
+    }
+    explicit operator bool() const { return tier_ != nullptr; }
+    GpuWorker* operator->() const { return w_; }
+
+   private:
+    friend class GpuTier;
+    Lease(GpuTier* tier, GpuWorker* w) : tier_(tier), w_(w) {}
+    GpuTier* tier_ = nullptr;
+    GpuWorker* w_ = nullptr;
+  };
+  // Blocks until a worker is free. The worker's device is made current on this thread.
+  Lease Acquire();
+  // An empty lease when every worker is busy.
+  Lease TryAcquire();
+
+  int device() const { return device_; }
+  const std::string& name() const { return name_; }
+  memory::PagePool& pages() const { return pool_->pages(); }
+
+  // A device that failed with a CUDA error other than an allocation failure takes no new
+  // chunks (Puts go to the host tier); reads of chunks already on it are still tried.
+  bool healthy() const { return !failed_.load(std::memory_order_relaxed); }
+  void MarkFailed(const absl::Status& why);
+
+ private:
+  GpuTier(int device, std::string name, std::unique_ptr<memory::DevicePool> pool)
+      : device_(device), name_(std::move(name)), pool_(std::move(pool)) {}
+  void Release(GpuWorker* w);
+
+  const int device_;
+  const std::string name_;
+  std::unique_ptr<memory::DevicePool> pool_;
+  std::vector<std::unique_ptr<GpuWorker>> workers_;  // fixed after Create
+  std::atomic<bool> failed_{false};
+
+  absl::Mutex mu_;
+  std::vector<GpuWorker*> free_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace kvstash::store::internal
+
+#endif  // KVSTASH_SERVER_STORE_GPU_TIER_H_

@@ -1,0 +1,478 @@
+// The store's GPU tier against the CPU codec: what a GPU Put then Get returns must equal,
+// byte for byte, the CPU reference's decode of the CPU reference's encode, whichever tier
+// holds the chunk (device pool, demoted to the host pool, promoted back, or stored in the
+// host pool because the device pool could not take it). Tests that need a device skip
+// cleanly without one.
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/debugging/failure_signal_handler.h"
+#include "absl/debugging/symbolize.h"
+#include "gtest/gtest.h"
+#include "kvstash/kernels/codec.h"
+#include "kvstash/kernels/format.h"
+#include "kvstash/kernels/half.h"
+#include "server/store/store.h"
+
+namespace kvstash::store {
+namespace {
+
+using kernels::ChunkShape;
+using kernels::CodecConfig;
+using kernels::DType;
+using kernels::Preset;
+using kernels::Slice;
+
+constexpr uint32_t kPage = 16 * 1024;
+constexpr char kNs[] = "model-gpu";
+
+bool HaveDevice() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return n > 0;
+}
+
+#define REQUIRE_DEVICE()              \
+  if (!HaveDevice()) {                \
+    GTEST_SKIP() << "no CUDA device"; \
+  }
+
+uint64_t FreshSeed() {
+  const uint64_t seed = (static_cast<uint64_t>(std::random_device{}()) << 32) ^
+                        std::random_device{}();
+  std::printf("seed = %llu\n", static_cast<unsigned long long>(seed));
+  return seed;
+}
+
+ChunkShape Shape(uint32_t layers = 5, DType dtype = DType::kF16, uint32_t tokens = 70,
+                 uint32_t heads = 3, uint32_t head_dim = 64) {
+  ChunkShape s;
+  s.num_layers = layers;  // odd: the last pair holds one layer
+  s.num_tokens = tokens;  // 2 quantized groups and a 6-token tail
+  s.num_heads = heads;
+  s.head_dim = head_dim;
+  s.dtype = dtype;
+  return s;
+}
+
+struct Chunk {
+  ChunkShape shape;
+  CodecConfig config;
+  std::vector<uint16_t> data;
+  std::span<const uint8_t> bytes() const {
+    return {reinterpret_cast<const uint8_t*>(data.data()), data.size() * 2};
+  }
+};
+
+// Random values with per-channel offsets and scales, like real K/V.
+Chunk RandomChunk(std::mt19937_64& rng, const ChunkShape& shape, Preset preset) {
+  Chunk c;
+  c.shape = shape;
+  c.config = kernels::PresetConfig(preset, shape.num_layers);
+  c.data.resize(shape.elements());
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const float offset = normal(rng) * 3;
+  for (size_t i = 0; i < c.data.size(); ++i) {
+    const uint32_t d = i % shape.head_dim;
+    const float x = offset + (1.0f + d % 5) * normal(rng) + (d % 3 == 0 ? 4.0f : 0.0f);
+    c.data[i] = shape.dtype == DType::kF16 ? kernels::FloatToF16Finite(x)
+                                           : kernels::FloatToBF16Finite(x);
+  }
+  return c;
+}
+
+// The oracle: the CPU reference's decode of the CPU reference's encode.
+std::vector<uint8_t> Expected(const Chunk& c, const Slice& slice, DType out_dtype) {
+  absl::StatusOr<std::vector<uint8_t>> enc =
+      kernels::EncodeChunk(c.shape, c.config, c.data, kernels::Impl::kReference);
+  EXPECT_TRUE(enc.ok()) << enc.status();
+  std::vector<uint16_t> out;
+  const absl::Status st = kernels::Decode(enc->data(), enc->size(), slice, out_dtype, &out,
+                                          kernels::Impl::kReference);
+  EXPECT_TRUE(st.ok()) << st;
+  std::vector<uint8_t> bytes(out.size() * 2);
+  std::memcpy(bytes.data(), out.data(), bytes.size());
+  return bytes;
+}
+
+absl::StatusOr<std::vector<uint8_t>> GetBytes(Store& store, const ChunkKey& key,
+                                              const Slice& slice = {},
+                                              DType out_dtype = DType::kF16,
+                                              std::string_view ns = kNs) {
+  std::vector<uint8_t> out;
+  absl::StatusOr<ChunkInfo> info = store.Get(ns, key, slice, out_dtype, [&](uint64_t n) {
+    out.resize(n);
+    return out.data();
+  });
+  if (!info.ok()) return info.status();
+  return out;
+}
+
+uint64_t PagesFor(const ChunkShape& shape, const CodecConfig& config) {
+  const kernels::ChunkLayout lay = kernels::ComputeLayout(shape, config);
+  uint64_t pages = (lay.header_bytes + kPage - 1) / kPage;
+  for (const auto& p : lay.pairs) pages += (p.bytes + kPage - 1) / kPage;
+  return pages;
+}
+
+StoreOptions Options(uint64_t gpu_capacity_bytes = 64ull << 20) {
+  StoreOptions o;
+  o.host_capacity_bytes = 64ull << 20;
+  o.page_bytes = kPage;
+  o.num_shards = 4;
+  o.gpu_devices = {0};
+  o.gpu_capacity_bytes = gpu_capacity_bytes;
+  o.gpu_streams = 4;
+  o.gpu_staging_bytes = 64 << 10;  // small, so multi-piece staging is exercised
+  o.gpu_promote_on_read = false;
+  return o;
+}
+
+std::unique_ptr<Store> MakeStore(const StoreOptions& o) {
+  absl::StatusOr<std::unique_ptr<Store>> s = Store::Create(o);
+  EXPECT_TRUE(s.ok()) << s.status();
+  return s.ok() ? *std::move(s) : nullptr;
+}
+
+class StoreGpuTest : public ::testing::Test {
+ protected:
+  std::mt19937_64 rng_{FreshSeed()};
+};
+
+TEST_F(StoreGpuTest, UsesTheGpuTierOnlyWhenADeviceIsVisible) {
+  StoreOptions o = Options();
+  std::unique_ptr<Store> store = MakeStore(o);
+  ASSERT_NE(store, nullptr);
+  const StoreStats st = store->Stats();
+  if (!HaveDevice()) {
+    EXPECT_TRUE(st.gpus.empty());
+    EXPECT_NE(st.codec_path, "cuda");
+  } else {
+    ASSERT_EQ(st.gpus.size(), 1u);
+    EXPECT_EQ(st.codec_path, "cuda");
+    EXPECT_EQ(st.gpus[0].capacity_bytes, o.gpu_capacity_bytes);
+    EXPECT_TRUE(st.gpus[0].healthy);
+    std::printf("device 0: %s\n", st.gpus[0].name.c_str());
+  }
+  // Either way Put and Get work.
+  const Chunk c = RandomChunk(rng_, Shape(), Preset::kXQuant);
+  ASSERT_TRUE(store->Put(kNs, {1, 2}, c.shape, c.config, c.bytes()).ok());
+  absl::StatusOr<std::vector<uint8_t>> got = GetBytes(*store, {1, 2});
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(*got, Expected(c, {}, DType::kF16));
+  o.use_gpu = false;
+  PutOptions po;
+  po.device = 0;
+  ASSERT_TRUE(store->Put(kNs, {1, 3}, c.shape, c.config, c.bytes(), po).ok());
+  std::unique_ptr<Store> host_only = MakeStore(o);
+  ASSERT_NE(host_only, nullptr);
+  EXPECT_TRUE(host_only->Stats().gpus.empty());
+  // Without GPU tiers a requested device is ignored.
+  po.device = 3;
+  ASSERT_TRUE(host_only->Put(kNs, {1, 2}, c.shape, c.config, c.bytes(), po).ok());
+  got = GetBytes(*host_only, {1, 2});
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(*got, Expected(c, {}, DType::kF16));
+}
+
+TEST_F(StoreGpuTest, PutThenGetMatchesCpuCodecBytes) {
+  REQUIRE_DEVICE();
+  std::unique_ptr<Store> store = MakeStore(Options());
+  ASSERT_NE(store, nullptr);
+  uint64_t n = 0;
+  for (DType dtype : {DType::kF16, DType::kBF16}) {
+    for (Preset preset : {Preset::kXQuant, Preset::kKivi2, Preset::kAsymKv15, Preset::kFp16}) {
+      for (uint32_t head_dim : {64u, 128u, 96u}) {
+        const Chunk c = RandomChunk(rng_, Shape(5, dtype, 70, 3, head_dim), preset);
+        const ChunkKey key{n, 7};
+        absl::StatusOr<ChunkInfo> put = store->Put(kNs, key, c.shape, c.config, c.bytes());
+        ASSERT_TRUE(put.ok()) << put.status();
+        ++n;
+        for (DType out : {DType::kF16, DType::kBF16}) {
+          absl::StatusOr<std::vector<uint8_t>> got = GetBytes(*store, key, {}, out);
+          ASSERT_TRUE(got.ok()) << got.status();
+          EXPECT_EQ(*got, Expected(c, {}, out))
+              << "dtype " << int(dtype) << " preset " << int(preset) << " D " << head_dim;
+        }
+      }
+    }
+  }
+  const StoreStats st = store->Stats();
+  EXPECT_EQ(st.gpu_chunks, n);
+  EXPECT_EQ(st.host_chunks, 0u);
+  EXPECT_EQ(st.pages_used, 0u);  // nothing in the host tier
+  EXPECT_GT(st.gpu_used_bytes, 0u);
+  EXPECT_EQ(st.demotions, 0u);
+}
+
+TEST_F(StoreGpuTest, HeadAndLayerSlicesMatchCpuCodec) {
+  REQUIRE_DEVICE();
+  std::unique_ptr<Store> store = MakeStore(Options());
+  ASSERT_NE(store, nullptr);
+  const Chunk c = RandomChunk(rng_, Shape(7, DType::kBF16, 100, 4, 128), Preset::kXQuant);
+  ASSERT_TRUE(store->Put(kNs, {9, 9}, c.shape, c.config, c.bytes()).ok());
+  const Slice slices[] = {{0, 0, 0, 0}, {1, 2, 0, 0}, {3, 6, 1, 3}, {6, 7, 3, 4},
+                          {0, 7, 2, 3}, {5, 0, 0, 1}, {2, 5, 0, 4}};
+  for (const Slice& s : slices) {
+    for (DType out : {DType::kF16, DType::kBF16}) {
+      absl::StatusOr<std::vector<uint8_t>> got = GetBytes(*store, {9, 9}, s, out);
+      ASSERT_TRUE(got.ok()) << got.status();
+      EXPECT_EQ(*got, Expected(c, s, out)) << "layers [" << s.layer_begin << ", "
+                                           << s.layer_end << ") heads [" << s.head_begin
+                                           << ", " << s.head_end << ")";
+    }
+  }
+  absl::StatusOr<std::vector<uint8_t>> bad = GetBytes(*store, {9, 9}, {3, 9, 0, 0});
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(StoreGpuTest, DemotesLeastRecentlyReadChunksUnderTinyGpuCapacity) {
+  REQUIRE_DEVICE();
+  const ChunkShape shape = Shape(5, DType::kF16, 70);
+  const CodecConfig config = kernels::PresetConfig(Preset::kXQuant, shape.num_layers);
+  const uint64_t per_chunk = PagesFor(shape, config);
+  StoreOptions o = Options(2 * per_chunk * kPage);  // room for two chunks
+  std::unique_ptr<Store> store = MakeStore(o);
+  ASSERT_NE(store, nullptr);
+  std::vector<Chunk> chunks;
+  for (uint64_t i = 0; i < 6; ++i) {
+    chunks.push_back(RandomChunk(rng_, shape, Preset::kXQuant));
+    ASSERT_TRUE(store->Put(kNs, {i, 1}, shape, config, chunks.back().bytes()).ok());
+    // Reading chunk 0 keeps it the most recently read: it stays on the GPU.
+    ASSERT_TRUE(GetBytes(*store, {0, 1}).ok());
+  }
+  StoreStats st = store->Stats();
+  EXPECT_EQ(st.chunks, 6u);
+  EXPECT_EQ(st.gpu_chunks, 2u);
+  EXPECT_EQ(st.host_chunks, 4u);
+  EXPECT_EQ(st.demotions, 4u);
+  EXPECT_EQ(st.evictions, 0u);
+  EXPECT_LE(st.gpu_used_bytes, st.gpu_capacity_bytes);
+  // Every chunk reads back exactly, from whichever tier holds it (host-tier reads decode
+  // on the CPU; promotion is off here, so the tiers do not change).
+  for (uint64_t i = 0; i < 6; ++i) {
+    absl::StatusOr<std::vector<uint8_t>> got = GetBytes(*store, {i, 1});
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(*got, Expected(chunks[i], {}, DType::kF16)) << "chunk " << i;
+    absl::StatusOr<std::vector<uint8_t>> part = GetBytes(*store, {i, 1}, {1, 4, 1, 3});
+    ASSERT_TRUE(part.ok()) << part.status();
+    EXPECT_EQ(*part, Expected(chunks[i], {1, 4, 1, 3}, DType::kF16)) << "chunk " << i;
+  }
+  st = store->Stats();
+  EXPECT_EQ(st.gpu_chunks, 2u);
+  EXPECT_EQ(st.promotions, 0u);
+}
+
+TEST_F(StoreGpuTest, PromotesAHostTierChunkIntoFreeGpuPagesWhenRead) {
+  REQUIRE_DEVICE();
+  const ChunkShape shape = Shape(5, DType::kF16, 70);
+  const CodecConfig config = kernels::PresetConfig(Preset::kXQuant, shape.num_layers);
+  StoreOptions o = Options(PagesFor(shape, config) * kPage);  // room for one chunk
+  o.gpu_promote_on_read = true;
+  std::unique_ptr<Store> store = MakeStore(o);
+  ASSERT_NE(store, nullptr);
+  const Chunk a = RandomChunk(rng_, shape, Preset::kXQuant);
+  const Chunk b = RandomChunk(rng_, shape, Preset::kXQuant);
+  ASSERT_TRUE(store->Put(kNs, {1, 0}, shape, config, a.bytes()).ok());
+  ASSERT_TRUE(store->Put(kNs, {2, 0}, shape, config, b.bytes()).ok());  // demotes a
+  EXPECT_EQ(store->Stats().demotions, 1u);
+  // The GPU is full: reading a decodes it from the host tier and does not promote it.
+  absl::StatusOr<std::vector<uint8_t>> got = GetBytes(*store, {1, 0});
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(*got, Expected(a, {}, DType::kF16));
+  EXPECT_EQ(store->Stats().promotions, 0u);
+  ASSERT_TRUE(store->Delete(kNs, {2, 0}).ok());
+  // Now there is room: the read promotes it, and the next read decodes on the GPU.
+  got = GetBytes(*store, {1, 0});
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(*got, Expected(a, {}, DType::kF16));
+  StoreStats st = store->Stats();
+  EXPECT_EQ(st.promotions, 1u);
+  EXPECT_EQ(st.gpu_chunks, 1u);
+  EXPECT_EQ(st.host_chunks, 0u);
+  EXPECT_EQ(st.pages_used, 0u);
+  got = GetBytes(*store, {1, 0}, {2, 5, 0, 2}, DType::kBF16);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(*got, Expected(a, {2, 5, 0, 2}, DType::kBF16));
+}
+
+TEST_F(StoreGpuTest, FallsBackToHostTierWhenGpuPoolCannotTakeTheChunk) {
+  REQUIRE_DEVICE();
+  const ChunkShape shape = Shape(5, DType::kBF16, 70);
+  const CodecConfig config = kernels::PresetConfig(Preset::kKivi2, shape.num_layers);
+  // One page short of the chunk: the device pool can never hold it.
+  StoreOptions o = Options((PagesFor(shape, config) - 1) * kPage);
+  std::unique_ptr<Store> store = MakeStore(o);
+  ASSERT_NE(store, nullptr);
+  const Chunk c = RandomChunk(rng_, shape, Preset::kKivi2);
+  absl::StatusOr<ChunkInfo> put = store->Put(kNs, {5, 5}, shape, config, c.bytes());
+  ASSERT_TRUE(put.ok()) << put.status();
+  StoreStats st = store->Stats();
+  EXPECT_EQ(st.gpu_fallbacks, 1u);
+  EXPECT_EQ(st.host_chunks, 1u);
+  EXPECT_EQ(st.gpu_chunks, 0u);
+  EXPECT_EQ(st.gpu_used_bytes, 0u);
+  EXPECT_TRUE(st.gpus[0].healthy);
+  absl::StatusOr<std::vector<uint8_t>> got = GetBytes(*store, {5, 5}, {}, DType::kBF16);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(*got, Expected(c, {}, DType::kBF16));
+}
+
+TEST_F(StoreGpuTest, RejectsNonFiniteInputOnTheGpuAndStaysHealthy) {
+  REQUIRE_DEVICE();
+  std::unique_ptr<Store> store = MakeStore(Options());
+  ASSERT_NE(store, nullptr);
+  Chunk c = RandomChunk(rng_, Shape(), Preset::kXQuant);
+  c.data[c.data.size() / 2] = 0x7E00;  // fp16 NaN
+  absl::StatusOr<ChunkInfo> put = store->Put(kNs, {3, 3}, c.shape, c.config, c.bytes());
+  EXPECT_EQ(put.status().code(), absl::StatusCode::kInvalidArgument) << put.status();
+  const StoreStats st = store->Stats();
+  EXPECT_EQ(st.chunks, 0u);
+  EXPECT_EQ(st.gpu_used_bytes, 0u);
+  EXPECT_TRUE(st.gpus[0].healthy);
+  PutOptions po;
+  po.device = 1;
+  put = store->Put(kNs, {3, 4}, c.shape, c.config, c.bytes(), po);
+  EXPECT_EQ(put.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(StoreGpuTest, ConcurrentPutsAndGetsFromFourThreadsStayExact) {
+  REQUIRE_DEVICE();
+  const ChunkShape shape = Shape(4, DType::kF16, 96, 2, 128);
+  const CodecConfig config = kernels::PresetConfig(Preset::kXQuant, shape.num_layers);
+  // Room for about 6 of the 32 chunks: demotions run while other threads read.
+  StoreOptions o = Options(6 * PagesFor(shape, config) * kPage);
+  o.gpu_promote_on_read = true;
+  std::unique_ptr<Store> store = MakeStore(o);
+  ASSERT_NE(store, nullptr);
+  constexpr int kThreads = 4, kPerThread = 8;
+  std::vector<Chunk> chunks;
+  std::vector<std::vector<uint8_t>> expected;
+  for (int i = 0; i < kThreads * kPerThread; ++i) {
+    chunks.push_back(RandomChunk(rng_, shape, Preset::kXQuant));
+    expected.push_back(Expected(chunks.back(), {}, DType::kF16));
+  }
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int round = 0; round < 3; ++round) {
+        for (int j = 0; j < kPerThread; ++j) {
+          const int i = t * kPerThread + j;
+          const ChunkKey key{static_cast<uint64_t>(i), 42};
+          if (round == 0 && !store->Put(kNs, key, shape, config, chunks[i].bytes()).ok()) {
+            ++failures;
+          }
+          // Read this chunk and one of another thread's (which may be absent yet).
+          absl::StatusOr<std::vector<uint8_t>> got = GetBytes(*store, key);
+          if (!got.ok() || *got != expected[i]) ++failures;
+          const int other = (i + kPerThread) % (kThreads * kPerThread);
+          got = GetBytes(*store, {static_cast<uint64_t>(other), 42});
+          if (got.ok() ? *got != expected[other] : !absl::IsNotFound(got.status())) {
+            ++failures;
+          }
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(failures.load(), 0);
+  const StoreStats st = store->Stats();
+  EXPECT_EQ(st.chunks, static_cast<uint64_t>(kThreads * kPerThread));
+  EXPECT_EQ(st.gpu_chunks + st.host_chunks, st.chunks);
+  EXPECT_GT(st.demotions, 0u);
+  EXPECT_LE(st.gpu_used_bytes, st.gpu_capacity_bytes);
+  EXPECT_TRUE(st.gpus[0].healthy);
+  std::printf("demotions %llu promotions %llu gpu chunks %llu\n",
+              (unsigned long long)st.demotions, (unsigned long long)st.promotions,
+              (unsigned long long)st.gpu_chunks);
+  for (int i = 0; i < kThreads * kPerThread; ++i) {
+    absl::StatusOr<std::vector<uint8_t>> got = GetBytes(*store, {static_cast<uint64_t>(i), 42});
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(*got, expected[i]) << "chunk " << i;
+  }
+}
+
+TEST_F(StoreGpuTest, LargeChunkCrossesManyStagingPiecesExactly) {
+  REQUIRE_DEVICE();
+  StoreOptions o = Options(256ull << 20);
+  o.host_capacity_bytes = 256ull << 20;
+  std::unique_ptr<Store> store = MakeStore(o);
+  ASSERT_NE(store, nullptr);
+  // 8 MiB of payload through 64 KiB staging buffers.
+  const Chunk c = RandomChunk(rng_, Shape(8, DType::kBF16, 512, 4, 128), Preset::kXQuant);
+  ASSERT_TRUE(store->Put(kNs, {8, 8}, c.shape, c.config, c.bytes()).ok());
+  absl::StatusOr<std::vector<uint8_t>> got = GetBytes(*store, {8, 8}, {}, DType::kBF16);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(*got, Expected(c, {}, DType::kBF16));
+}
+
+// Not a test: prints Put/Get timings of one 128 MiB chunk through each path, to decide how
+// host-tier chunks are read when a GPU is present (docs/store.md). Never gates on a time.
+// Run with --gtest_also_run_disabled_tests --gtest_filter='*Timings*'.
+TEST_F(StoreGpuTest, DISABLED_PrintPathTimings) {
+  REQUIRE_DEVICE();
+  const Chunk c = RandomChunk(rng_, Shape(32, DType::kBF16, 1024, 8, 128), Preset::kXQuant);
+  std::vector<uint8_t> out(c.data.size() * 2, 1);
+  const OutputAllocator alloc = [&](uint64_t n) { return n <= out.size() ? out.data() : nullptr; };
+  auto median_ms = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  auto time_path = [&](const char* name, StoreOptions o) {
+    std::unique_ptr<Store> store = MakeStore(o);
+    ASSERT_NE(store, nullptr);
+    std::vector<double> put_ms, get_ms;
+    for (int i = 0; i < 7; ++i) {
+      auto t0 = std::chrono::steady_clock::now();
+      ASSERT_TRUE(store->Put(kNs, {1, 1}, c.shape, c.config, c.bytes()).ok());
+      auto t1 = std::chrono::steady_clock::now();
+      ASSERT_TRUE(store->Get(kNs, {1, 1}, {}, DType::kBF16, alloc).ok());
+      auto t2 = std::chrono::steady_clock::now();
+      put_ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+      get_ms.push_back(std::chrono::duration<double, std::milli>(t2 - t1).count());
+    }
+    const StoreStats st = store->Stats();
+    std::printf("%-34s put %8.2f ms (%6.2f GB/s)  get %8.2f ms (%6.2f GB/s)  gpu_chunks %llu\n",
+                name, median_ms(put_ms), c.data.size() * 2 / median_ms(put_ms) / 1e6,
+                median_ms(get_ms), c.data.size() * 2 / median_ms(get_ms) / 1e6,
+                (unsigned long long)st.gpu_chunks);
+  };
+  StoreOptions o = Options(1ull << 30);
+  o.host_capacity_bytes = 512ull << 20;
+  o.page_bytes = 64 * 1024;
+  o.gpu_staging_bytes = 4ull << 20;
+  time_path("gpu tier (encode+decode on GPU)", o);
+  StoreOptions small = o;
+  small.gpu_capacity_bytes = 1ull << 20;  // cannot hold it: GPU encode, host tier, CPU decode
+  time_path("host tier, GPU encode, CPU decode", small);
+  StoreOptions cpu = o;
+  cpu.use_gpu = false;
+  time_path("no GPU (CPU encode + decode)", cpu);
+}
+
+}  // namespace
+}  // namespace kvstash::store
+
+// A crash on the lent GPU machine must say where: symbolized stack traces on fatal signals.
+int main(int argc, char** argv) {
+  absl::InitializeSymbolizer(argv[0]);
+  absl::InstallFailureSignalHandler(absl::FailureSignalHandlerOptions());
+  ::testing::InitGoogleTest(&argc, argv);
+  return RUN_ALL_TESTS();
+}

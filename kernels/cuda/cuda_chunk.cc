@@ -28,24 +28,6 @@ CudaGeometry GeometryOf(const ChunkLayout& layout) {
   return g;
 }
 
-absl::Status InvalidElementStatus(const ChunkShape& shape, uint64_t index, uint16_t value) {
-  uint64_t r = index;
-  const uint64_t d = r % shape.head_dim;
-  r /= shape.head_dim;
-  const uint64_t h = r % shape.num_heads;
-  r /= shape.num_heads;
-  const uint64_t t = r % shape.num_tokens;
-  r /= shape.num_tokens;
-  const uint64_t x = r % 2, l = r / 2;
-  const bool non_finite = shape.dtype == DType::kBF16 ? (value & 0x7F80u) == 0x7F80u
-                                                      : (value & 0x7C00u) == 0x7C00u;
-  return absl::InvalidArgumentError(absl::StrCat(
-      "input: element (layer ", l, ", ", x == 0 ? "K" : "V", ", token ", t, ", head ", h,
-      ", channel ", d, ") = 0x", absl::Hex(value, absl::kZeroPad4), " is ",
-      non_finite ? "NaN or Inf" : "a bf16 value with |x| >= 2^126", " in a ",
-      std::string(DTypeName(shape.dtype)), " chunk"));
-}
-
 absl::Status EncodeToHost(const ChunkLayout& layout, const uint16_t* d_in, uint8_t* d_out,
                           unsigned long long* d_flag, cudaStream_t stream, uint8_t* host_out) {
   const CudaGeometry geo = GeometryOf(layout);

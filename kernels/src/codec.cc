@@ -71,24 +71,7 @@ absl::Status ValidateInput(const ChunkShape& shape, const uint16_t* in) {
   const int dt = static_cast<int>(shape.dtype);
   const uint64_t n = shape.elements();
   for (uint64_t e = 0; e < n; ++e) {
-    if (HalfIsEncodable(in[e], dt)) continue;
-    // Unravel e over [L][2][T][H][D].
-    uint64_t r = e;
-    const uint64_t d = r % shape.head_dim;
-    r /= shape.head_dim;
-    const uint64_t h = r % shape.num_heads;
-    r /= shape.num_heads;
-    const uint64_t t = r % shape.num_tokens;
-    r /= shape.num_tokens;
-    const uint64_t x = r % 2;
-    const uint64_t l = r / 2;
-    const bool non_finite =
-        shape.dtype == DType::kBF16 ? (in[e] & 0x7F80u) == 0x7F80u : (in[e] & 0x7C00u) == 0x7C00u;
-    return absl::InvalidArgumentError(
-        absl::StrCat("input: element (layer ", l, ", ", x == 0 ? "K" : "V", ", token ", t,
-                     ", head ", h, ", channel ", d, ") = 0x", absl::Hex(in[e], absl::kZeroPad4),
-                     " is ", non_finite ? "NaN or Inf" : "a bf16 value with |x| >= 2^126", " in a ",
-                     std::string(DTypeName(shape.dtype)), " chunk"));
+    if (!HalfIsEncodable(in[e], dt)) return InvalidElementStatus(shape, e, in[e]);
   }
   return absl::OkStatus();
 }

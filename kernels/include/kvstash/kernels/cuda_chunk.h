@@ -18,9 +18,7 @@ namespace kvstash::kernels::cuda {
 // The launchers' view of `layout`. REQUIRES: layout made by ComputeLayout/MakeLayout.
 CudaGeometry GeometryOf(const ChunkLayout& layout);
 
-// InvalidArgument naming the element at `index` of one chunk ([L][2][T][H][D] flat index,
-// as LaunchValidate reports it minus c·shape.elements()) and its 16-bit pattern `value`.
-absl::Status InvalidElementStatus(const ChunkShape& shape, uint64_t index, uint16_t value);
+// InvalidElementStatus (format.h) names a bad element LaunchValidate reports.
 
 // Encodes one chunk on the device and brings it to host, ready to store:
 //   LaunchValidate -> LaunchEncode(gate) -> copy the flag and sections back -> synchronize

@@ -146,6 +146,11 @@ struct ParsedHeader {
 // `require_full` is true, exactly the total chunk bytes.
 absl::StatusOr<ParsedHeader> ParseHeader(const uint8_t* data, size_t size, bool require_full);
 
+// InvalidArgument naming the input element at flat `index` of [L][2][T][H][D] (its layer,
+// K|V, token, head, channel) whose 16-bit pattern `value` the codec cannot encode (NaN/Inf,
+// or a bf16 magnitude >= 2^126). Shared by the CPU and CUDA validity checks.
+absl::Status InvalidElementStatus(const ChunkShape& shape, uint64_t index, uint16_t value);
+
 // XXH3-64 with seed 0, the checksum the format uses.
 uint64_t Checksum(const void* data, size_t size);
 

@@ -25,6 +25,7 @@
 #include "kvstash/kernels/format.h"
 #include "kvstash/kernels/half.h"
 #include "server/store/store.h"
+#include "tests/common/store_test_util.h"
 
 namespace kvstash::store {
 namespace {
@@ -34,6 +35,9 @@ using kernels::CodecConfig;
 using kernels::DType;
 using kernels::Preset;
 using kernels::Slice;
+using test_util::Chunk;
+using test_util::FreshSeed;
+using test_util::RandomChunk;
 
 constexpr uint32_t kPage = 16 * 1024;
 constexpr char kNs[] = "model-gpu";
@@ -52,13 +56,6 @@ bool HaveDevice() {
     GTEST_SKIP() << "no CUDA device"; \
   }
 
-uint64_t FreshSeed() {
-  const uint64_t seed = (static_cast<uint64_t>(std::random_device{}()) << 32) ^
-                        std::random_device{}();
-  std::printf("seed = %llu\n", static_cast<unsigned long long>(seed));
-  return seed;
-}
-
 ChunkShape Shape(uint32_t layers = 5, DType dtype = DType::kF16, uint32_t tokens = 70,
                  uint32_t heads = 3, uint32_t head_dim = 64) {
   ChunkShape s;
@@ -70,64 +67,20 @@ ChunkShape Shape(uint32_t layers = 5, DType dtype = DType::kF16, uint32_t tokens
   return s;
 }
 
-struct Chunk {
-  ChunkShape shape;
-  CodecConfig config;
-  std::vector<uint16_t> data;
-  std::span<const uint8_t> bytes() const {
-    return {reinterpret_cast<const uint8_t*>(data.data()), data.size() * 2};
-  }
-};
-
-// Random values with per-channel offsets and scales, like real K/V.
-Chunk RandomChunk(std::mt19937_64& rng, const ChunkShape& shape, Preset preset) {
-  Chunk c;
-  c.shape = shape;
-  c.config = kernels::PresetConfig(preset, shape.num_layers);
-  c.data.resize(shape.elements());
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  const float offset = normal(rng) * 3;
-  for (size_t i = 0; i < c.data.size(); ++i) {
-    const uint32_t d = i % shape.head_dim;
-    const float x = offset + (1.0f + d % 5) * normal(rng) + (d % 3 == 0 ? 4.0f : 0.0f);
-    c.data[i] = shape.dtype == DType::kF16 ? kernels::FloatToF16Finite(x)
-                                           : kernels::FloatToBF16Finite(x);
-  }
-  return c;
-}
-
 // The oracle: the CPU reference's decode of the CPU reference's encode.
 std::vector<uint8_t> Expected(const Chunk& c, const Slice& slice, DType out_dtype) {
-  absl::StatusOr<std::vector<uint8_t>> enc =
-      kernels::EncodeChunk(c.shape, c.config, c.data, kernels::Impl::kReference);
-  EXPECT_TRUE(enc.ok()) << enc.status();
-  std::vector<uint16_t> out;
-  const absl::Status st = kernels::Decode(enc->data(), enc->size(), slice, out_dtype, &out,
-                                          kernels::Impl::kReference);
-  EXPECT_TRUE(st.ok()) << st;
-  std::vector<uint8_t> bytes(out.size() * 2);
-  std::memcpy(bytes.data(), out.data(), bytes.size());
-  return bytes;
+  return test_util::ExpectedBytes(c, slice, out_dtype, kernels::Impl::kReference);
 }
 
 absl::StatusOr<std::vector<uint8_t>> GetBytes(Store& store, const ChunkKey& key,
                                               const Slice& slice = {},
                                               DType out_dtype = DType::kF16,
                                               std::string_view ns = kNs) {
-  std::vector<uint8_t> out;
-  absl::StatusOr<ChunkInfo> info = store.Get(ns, key, slice, out_dtype, [&](uint64_t n) {
-    out.resize(n);
-    return out.data();
-  });
-  if (!info.ok()) return info.status();
-  return out;
+  return test_util::GetBytes(store, ns, key, slice, out_dtype);
 }
 
 uint64_t PagesFor(const ChunkShape& shape, const CodecConfig& config) {
-  const kernels::ChunkLayout lay = kernels::ComputeLayout(shape, config);
-  uint64_t pages = (lay.header_bytes + kPage - 1) / kPage;
-  for (const auto& p : lay.pairs) pages += (p.bytes + kPage - 1) / kPage;
-  return pages;
+  return test_util::PagesFor(shape, config, kPage);
 }
 
 StoreOptions Options(uint64_t gpu_capacity_bytes = 64ull << 20) {

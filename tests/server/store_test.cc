@@ -17,6 +17,7 @@
 #include "kvstash/kernels/codec.h"
 #include "kvstash/kernels/format.h"
 #include "kvstash/kernels/half.h"
+#include "tests/common/store_test_util.h"
 
 namespace kvstash::store {
 namespace {
@@ -26,16 +27,13 @@ using kernels::CodecConfig;
 using kernels::DType;
 using kernels::Preset;
 using kernels::Slice;
+using test_util::Chunk;
+using test_util::FreshSeed;
+using test_util::GetBytes;
+using test_util::RandomChunk;
 
 constexpr uint32_t kPage = 4096;
 constexpr char kNs[] = "model-a";
-
-uint64_t FreshSeed() {
-  const uint64_t seed = (static_cast<uint64_t>(std::random_device{}()) << 32) ^
-                        std::random_device{}();
-  std::printf("seed = %llu\n", static_cast<unsigned long long>(seed));
-  return seed;
-}
 
 ChunkShape Shape(uint32_t layers = 5, DType dtype = DType::kF16, uint32_t tokens = 70) {
   ChunkShape s;
@@ -47,64 +45,10 @@ ChunkShape Shape(uint32_t layers = 5, DType dtype = DType::kF16, uint32_t tokens
   return s;
 }
 
-// A chunk's input: random values with per-channel offsets and scales, like real K/V.
-struct Chunk {
-  ChunkShape shape;
-  CodecConfig config;
-  std::vector<uint16_t> data;
-  std::span<const uint8_t> bytes() const {
-    return {reinterpret_cast<const uint8_t*>(data.data()), data.size() * 2};
-  }
-};
-
-Chunk RandomChunk(std::mt19937_64& rng, const ChunkShape& shape, Preset preset) {
-  Chunk c;
-  c.shape = shape;
-  c.config = kernels::PresetConfig(preset, shape.num_layers);
-  c.data.resize(shape.elements());
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  const float offset = normal(rng) * 3;
-  for (size_t i = 0; i < c.data.size(); ++i) {
-    const uint32_t d = i % shape.head_dim;
-    const float x = offset + (1.0f + d % 5) * normal(rng) + (d % 3 == 0 ? 4.0f : 0.0f);
-    c.data[i] = shape.dtype == DType::kF16 ? kernels::FloatToF16Finite(x)
-                                           : kernels::FloatToBF16Finite(x);
-  }
-  return c;
+std::vector<uint8_t> Expected(const Chunk& c, const Slice& slice = {}, DType out = DType::kF16) {
+  return test_util::ExpectedBytes(c, slice, out);
 }
-
-uint64_t PagesFor(const ChunkShape& shape, const CodecConfig& config, uint32_t page = kPage) {
-  const kernels::ChunkLayout lay = kernels::ComputeLayout(shape, config);
-  uint64_t pages = (lay.header_bytes + page - 1) / page;
-  for (const auto& p : lay.pairs) pages += (p.bytes + page - 1) / page;
-  return pages;
-}
-uint64_t PagesFor(const Chunk& c) { return PagesFor(c.shape, c.config); }
-
-// What the store must return: the codec's own decode of the codec's own encoding.
-std::vector<uint8_t> Expected(const Chunk& c, const Slice& slice = {},
-                              DType out = DType::kF16) {
-  auto encoded = kernels::EncodeChunk(c.shape, c.config, c.data);
-  EXPECT_TRUE(encoded.ok()) << encoded.status();
-  std::vector<uint16_t> decoded;
-  auto st = kernels::Decode(encoded->data(), encoded->size(), slice, out, &decoded);
-  EXPECT_TRUE(st.ok()) << st;
-  std::vector<uint8_t> bytes(decoded.size() * 2);
-  std::memcpy(bytes.data(), decoded.data(), bytes.size());
-  return bytes;
-}
-
-absl::StatusOr<std::vector<uint8_t>> GetBytes(Store& store, std::string_view ns,
-                                              const ChunkKey& key, const Slice& slice = {},
-                                              DType out = DType::kF16) {
-  std::vector<uint8_t> buf;
-  auto info = store.Get(ns, key, slice, out, [&](uint64_t n) {
-    buf.resize(n);
-    return buf.data();
-  });
-  if (!info.ok()) return info.status();
-  return buf;
-}
+uint64_t PagesFor(const Chunk& c) { return test_util::PagesFor(c.shape, c.config, kPage); }
 
 ChunkKey Key(uint64_t i) { return ChunkKey{0xC0FFEE00ull + i, i * 0x9E3779B97F4A7C15ull}; }
 

@@ -419,6 +419,60 @@ TEST_F(StoreGpuTest, DISABLED_PrintPathTimings) {
   time_path("no GPU (CPU encode + decode)", cpu);
 }
 
+int DeviceCount() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+// With two GPUs (the lent nvidia-h200-x2): one pool per device, the request's device or the
+// namespace's hash chooses the pool, and reads from either match the CPU codec.
+TEST_F(StoreGpuTest, TwoDevicesEachHoldTheirChunks) {
+  if (DeviceCount() < 2) GTEST_SKIP() << "needs two CUDA devices";
+  StoreOptions o = Options();
+  o.gpu_devices = {0, 1};
+  std::unique_ptr<Store> store = MakeStore(o);
+  ASSERT_NE(store, nullptr);
+  ASSERT_EQ(store->Stats().gpus.size(), 2u);
+  std::vector<Chunk> chunks;
+  for (int i = 0; i < 6; ++i) {
+    chunks.push_back(RandomChunk(rng_, Shape(5, DType::kF16, 70, 3, 128), Preset::kXQuant));
+    PutOptions po;
+    po.device = i % 2;
+    absl::StatusOr<ChunkInfo> put = store->Put(kNs, {static_cast<uint64_t>(i), 2},
+                                               chunks[i].shape, chunks[i].config,
+                                               chunks[i].bytes(), po);
+    ASSERT_TRUE(put.ok()) << put.status();
+  }
+  // The namespace's own device: hash(namespace) % 2, whichever it is.
+  const Chunk extra = RandomChunk(rng_, Shape(), Preset::kKivi2);
+  ASSERT_TRUE(store->Put("another-namespace", {7, 7}, extra.shape, extra.config,
+                         extra.bytes()).ok());
+  PutOptions bad;
+  bad.device = 2;
+  EXPECT_EQ(store->Put(kNs, {8, 8}, extra.shape, extra.config, extra.bytes(), bad)
+                .status().code(),
+            absl::StatusCode::kInvalidArgument);
+  const StoreStats st = store->Stats();
+  EXPECT_EQ(st.gpus[0].chunks + st.gpus[1].chunks, 7u);
+  EXPECT_GE(st.gpus[0].chunks, 3u);
+  EXPECT_GE(st.gpus[1].chunks, 3u);
+  EXPECT_GT(st.gpus[0].used_bytes, 0u);
+  EXPECT_GT(st.gpus[1].used_bytes, 0u);
+  for (int i = 0; i < 6; ++i) {
+    absl::StatusOr<std::vector<uint8_t>> got = GetBytes(*store, {static_cast<uint64_t>(i), 2});
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(*got, Expected(chunks[i], {}, DType::kF16)) << "chunk " << i;
+  }
+  absl::StatusOr<std::vector<uint8_t>> got =
+      GetBytes(*store, {7, 7}, {}, DType::kF16, "another-namespace");
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(*got, Expected(extra, {}, DType::kF16));
+}
+
 }  // namespace
 }  // namespace kvstash::store
 

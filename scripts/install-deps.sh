@@ -9,7 +9,12 @@ pkgs=(
   libabsl-dev libspdlog-dev libfmt-dev libgtest-dev libgmock-dev libbenchmark-dev
   libxxhash-dev libcli11-dev libtomlplusplus-dev
   python3 python3-numpy
+  # metrics endpoint (server/metrics) and the operators' tests (tests/operators)
+  prometheus-cpp-dev libcivetweb-dev prometheus python3-yaml
 )
+# systemd-analyze verifies deploy/systemd/kvstashd.service; only pull in systemd for it
+# when the host has no systemd-analyze at all.
+command -v systemd-analyze >/dev/null 2>&1 || pkgs+=(systemd)
 
 missing=()
 for p in "${pkgs[@]}"; do

@@ -1,5 +1,6 @@
-// kvstashd: the composition root. Builds config -> store -> service -> gRPC server, serves
-// until SIGTERM/SIGINT, then tears down in reverse order (docs/api.md, "Shutdown").
+// kvstashd: the composition root. Builds config -> store -> metrics -> HTTP endpoint ->
+// service -> gRPC server, serves until SIGTERM/SIGINT, then drains and tears down in
+// reverse order (docs/api.md, "Shutdown"; docs/operators.md).
 #include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
@@ -11,11 +12,15 @@
 #include <memory>
 #include <string>
 
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "server/config/config.h"
+#include "server/metrics/http_server.h"
+#include "server/metrics/metrics.h"
 #include "server/rpc/service.h"
 #include "server/store/store.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
@@ -25,7 +30,18 @@ namespace {
 
 using kvstash::config::DaemonConfig;
 
-constexpr auto kShutdownGrace = std::chrono::seconds(5);
+#ifndef KVSTASH_VERSION
+#define KVSTASH_VERSION "unknown"
+#endif
+#ifndef KVSTASH_GIT_COMMIT
+#define KVSTASH_GIT_COMMIT "unknown"
+#endif
+#ifndef KVSTASH_WITH_CUDA
+#define KVSTASH_WITH_CUDA 0
+#endif
+
+// The service name gRPC health checks report besides the server-wide "".
+constexpr const char* kServiceName = "kvstash.v1.KvStash";
 
 std::string_view View(absl::string_view s) { return std::string_view(s.data(), s.size()); }
 
@@ -64,10 +80,44 @@ int Run(const DaemonConfig& config) {
   store_options.page_bytes = static_cast<uint32_t>(config.page_bytes);
   store_options.num_shards = config.shards;
   store_options.prefault = config.prefault;
+  store_options.use_gpu = config.use_gpu;
+  store_options.gpu_devices = config.gpu_devices;
+  store_options.gpu_capacity_bytes = config.gpu_capacity_bytes;
+  store_options.gpu_streams = config.gpu_streams;
+  store_options.gpu_staging_bytes = config.gpu_staging_bytes;
+  store_options.gpu_promote_on_read = config.gpu_promote_on_read;
   absl::StatusOr<std::unique_ptr<kvstash::store::Store>> store =
       kvstash::store::Store::Create(store_options);
   if (!store.ok()) {
     spdlog::critical("cannot create the store: {}", View(store.status().message()));
+    return 1;
+  }
+  {
+    const kvstash::store::StoreStats st = (*store)->Stats();
+    spdlog::info("codec {}; {} GPU device pool(s), {} of device memory (gpu {})",
+                 st.codec_path, st.gpus.size(),
+                 kvstash::config::FormatSize(st.gpu_capacity_bytes),
+                 config.use_gpu ? "on" : "off");
+  }
+
+  kvstash::metrics::BuildInfo build;
+  build.version = KVSTASH_VERSION;
+  build.git_commit = KVSTASH_GIT_COMMIT;
+  build.cuda = KVSTASH_WITH_CUDA != 0;
+  if (const kvstash::store::StoreStats stats = (*store)->Stats(); !stats.gpus.empty())
+    build.gpu = stats.gpus.front().name;
+  auto metrics = std::make_unique<kvstash::metrics::Metrics>(build);
+
+  // The HTTP endpoint comes up first and not ready, so that probes see the daemon
+  // starting rather than nothing.
+  kvstash::metrics::HttpServerOptions http_options;
+  http_options.listen = config.metrics_listen;
+  absl::StatusOr<std::unique_ptr<kvstash::metrics::HttpServer>> http =
+      kvstash::metrics::HttpServer::Start(
+          http_options, {metrics->registry(),
+                         std::make_shared<kvstash::metrics::StoreCollector>(store->get())});
+  if (!http.ok()) {
+    spdlog::critical("{}", View(http.status().message()));
     return 1;
   }
 
@@ -75,10 +125,16 @@ int Run(const DaemonConfig& config) {
   service_options.worker_threads = config.worker_threads;
   service_options.max_message_bytes = config.max_message_bytes;
   service_options.max_namespace_bytes = store_options.max_namespace_bytes;
-  auto service = std::make_unique<kvstash::rpc::KvStashService>(store->get(), service_options);
+  service_options.fidelity_probe_every = config.fidelity_probe_every;
+  auto service = std::make_unique<kvstash::rpc::KvStashService>(store->get(), service_options,
+                                                                metrics.get());
 
   const int max_message = static_cast<int>(config.max_message_bytes);  // validated <= INT_MAX
   int selected_port = 0;
+  // grpc.health.v1.Health and server reflection, for load balancers, Kubernetes gRPC
+  // probes and grpcurl. Both must be enabled before the builder exists.
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   builder.AddListeningPort(config.listen, grpc::InsecureServerCredentials(), &selected_port);
   builder.SetMaxReceiveMessageSize(max_message);
@@ -96,10 +152,22 @@ int Run(const DaemonConfig& config) {
 
   const kvstash::config::HostPort host_port = *kvstash::config::SplitHostPort(config.listen);
   const std::string address = absl::StrCat(host_port.host, ":", selected_port);
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  if (health != nullptr) {
+    health->SetServingStatus("", true);
+    health->SetServingStatus(kServiceName, true);
+  }
+  (*http)->SetReady(true);
+  metrics->SetReady(true);
   spdlog::info("serving on {}: capacity {}, page {}, {} shards, max message {}", address,
                kvstash::config::FormatSize(config.host_capacity_bytes),
                kvstash::config::FormatSize(config.page_bytes), config.shards,
                kvstash::config::FormatSize(config.max_message_bytes));
+  spdlog::info("metrics on http://{}/metrics (also /healthz, /readyz); fidelity probe {}",
+               (*http)->address(),
+               config.fidelity_probe_every == 0
+                   ? std::string("off")
+                   : absl::StrCat("every ", config.fidelity_probe_every, " Puts"));
 
   // Ready file first: a daemon that cannot announce itself fully announces nothing.
   int exit_code = 0;
@@ -113,7 +181,8 @@ int Run(const DaemonConfig& config) {
     }
   }
   if (exit_code == 0) {
-    std::printf("kvstashd serving on %s\n", address.c_str());
+    std::printf("kvstashd serving on %s\nkvstashd metrics on %s\n", address.c_str(),
+                (*http)->address().c_str());
     std::fflush(stdout);
   }
 
@@ -123,17 +192,32 @@ int Run(const DaemonConfig& config) {
     spdlog::info("received {}, shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
   }
 
-  // Reverse order of construction. Refuse new calls first, then let gRPC finish the
-  // in-flight ones (cancelling what is left after the grace period); the service's
-  // destructor drains its worker pool; the store goes last.
+  // Reverse order of construction. Turn not-ready first (/readyz 503, gRPC health
+  // NOT_SERVING) so balancers stop sending; refuse new calls; let gRPC finish the
+  // in-flight ones (cancelling what is left after the deadline); the service's destructor
+  // drains its worker pool (probes included); then the HTTP endpoint, whose collector
+  // reads the store; the store goes last.
+  const auto drain_start = std::chrono::steady_clock::now();
+  (*http)->SetReady(false);
+  metrics->SetReady(false);
+  if (health != nullptr) {
+    health->SetServingStatus("", false);
+    health->SetServingStatus(kServiceName, false);
+  }
   if (wrote_ready_file) std::remove(config.ready_file.c_str());
   service->StartDraining();
-  server->Shutdown(std::chrono::system_clock::now() + kShutdownGrace);
+  server->Shutdown(std::chrono::system_clock::now() +
+                   std::chrono::milliseconds(config.shutdown_deadline_ms));
   server->Wait();
   server.reset();
   service.reset();
+  http->reset();
+  metrics.reset();
   store->reset();
-  spdlog::info("stopped");
+  spdlog::info("stopped after draining for {} ms",
+               std::chrono::duration_cast<std::chrono::milliseconds>(
+                   std::chrono::steady_clock::now() - drain_start)
+                   .count());
   return exit_code;
 }
 

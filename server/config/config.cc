@@ -34,6 +34,12 @@ constexpr uint32_t kMaxWorkerThreads = 1024;
 constexpr uint32_t kMaxShards = 4096;
 constexpr uint64_t kMinPageBytes = 4 * kKiB;
 constexpr uint64_t kMaxPageBytes = kGiB;
+constexpr uint64_t kMaxShutdownDeadlineMs = 3600'000;  // one hour
+constexpr const char* kDefaultMetricsListen = "127.0.0.1:7451";
+constexpr uint32_t kMaxGpuStreams = 64;
+constexpr uint64_t kMinGpuStaging = 64 * kKiB;
+constexpr uint64_t kMaxGpuStaging = kGiB;
+constexpr int kMaxGpuOrdinal = 1023;
 
 constexpr const char* kLogLevels[] = {"trace", "debug", "info", "warn",
                                       "error", "critical", "off"};
@@ -95,7 +101,7 @@ absl::StatusOr<uint64_t> ParseUnsigned(absl::string_view text, uint64_t max) {
 
 // --- The option table: one place that knows every key, flag and type ---------------------
 
-enum class Kind { kString, kSize, kUint32, kBool };
+enum class Kind { kString, kSize, kUint32, kBool, kDuration, kIntList };
 
 struct Option {
   const char* table;  // TOML table
@@ -115,6 +121,14 @@ constexpr Option kOptions[] = {
      "largest request or response, e.g. 256MiB (default 256MiB)"},
     {"server", "ready_file", "--ready-file", Kind::kString, "PATH",
      "write HOST:PORT here once serving (default none)"},
+    {"server", "shutdown_deadline", "--shutdown-deadline", Kind::kDuration, "DURATION",
+     "on SIGTERM, time in-flight requests get before they are cancelled, e.g. 10s, 500ms "
+     "(default 10s)"},
+    {"metrics", "listen", "--metrics-listen", Kind::kString, "HOST:PORT",
+     "HTTP endpoint for /metrics, /healthz, /readyz; port 0 picks a free port (default "
+     "127.0.0.1:7451, or 127.0.0.1:0 when --listen has port 0)"},
+    {"metrics", "fidelity_probe_every", "--fidelity-probe-every", Kind::kUint32, "N",
+     "re-decode every Nth Put and record its relative error; 0 = never (default 64)"},
     {"host", "capacity", "--host-capacity", Kind::kSize, "SIZE",
      "host memory for chunks, e.g. 1GiB (default 1GiB)"},
     {"host", "page_bytes", "--page-bytes", Kind::kSize, "SIZE",
@@ -125,6 +139,19 @@ constexpr Option kOptions[] = {
      "index shards, a power of two (default 16)"},
     {"log", "level", "--log-level", Kind::kString, "LEVEL",
      "trace, debug, info, warn, error, critical or off (default info)"},
+    // [gpu]: the GPU tier (CUDA builds on hosts with devices; ignored otherwise).
+    {"gpu", "enabled", "--gpu", Kind::kBool, "on|off",
+     "use the GPUs as the first tier and for the codec (default on)"},
+    {"gpu", "devices", "--gpu-devices", Kind::kIntList, "N,N,...",
+     "CUDA ordinals to use, e.g. 0,1; empty = every visible device (default empty)"},
+    {"gpu", "capacity", "--gpu-capacity", Kind::kSize, "SIZE",
+     "device memory per device pool; 0 = a quarter of free memory (default 0)"},
+    {"gpu", "streams", "--gpu-streams", Kind::kUint32, "N",
+     "worker streams per device, 1..64 (default 4)"},
+    {"gpu", "staging_bytes", "--gpu-staging-bytes", Kind::kSize, "SIZE",
+     "each pinned host staging buffer, 64KiB..1GiB (default 4MiB)"},
+    {"gpu", "promote_on_read", "--gpu-promote-on-read", Kind::kBool, "BOOL",
+     "copy host-tier chunks to their device after a read (default false)"},
 };
 
 std::string Name(const Option& o) { return absl::StrCat(o.table, ".", o.key); }
@@ -135,6 +162,7 @@ struct Target {
   uint64_t* size = nullptr;
   uint32_t* u32 = nullptr;
   bool* flag = nullptr;
+  std::vector<int>* ints = nullptr;
 };
 Target TargetOf(const Option& o, DaemonConfig& c) {
   const std::string name = Name(o);
@@ -142,11 +170,20 @@ Target TargetOf(const Option& o, DaemonConfig& c) {
   if (name == "server.worker_threads") return {.u32 = &c.worker_threads};
   if (name == "server.max_message_bytes") return {.size = &c.max_message_bytes};
   if (name == "server.ready_file") return {.str = &c.ready_file};
+  if (name == "server.shutdown_deadline") return {.size = &c.shutdown_deadline_ms};
+  if (name == "metrics.listen") return {.str = &c.metrics_listen};
+  if (name == "metrics.fidelity_probe_every") return {.u32 = &c.fidelity_probe_every};
   if (name == "host.capacity") return {.size = &c.host_capacity_bytes};
   if (name == "host.page_bytes") return {.size = &c.page_bytes};
   if (name == "host.prefault") return {.flag = &c.prefault};
   if (name == "store.shards") return {.u32 = &c.shards};
   if (name == "log.level") return {.str = &c.log_level};
+  if (name == "gpu.enabled") return {.flag = &c.use_gpu};
+  if (name == "gpu.devices") return {.ints = &c.gpu_devices};
+  if (name == "gpu.capacity") return {.size = &c.gpu_capacity_bytes};
+  if (name == "gpu.streams") return {.u32 = &c.gpu_streams};
+  if (name == "gpu.staging_bytes") return {.size = &c.gpu_staging_bytes};
+  if (name == "gpu.promote_on_read") return {.flag = &c.gpu_promote_on_read};
   return {};
 }
 
@@ -164,6 +201,12 @@ absl::Status SetFromText(const Option& o, absl::string_view label, absl::string_
       *t.size = *v;
       return absl::OkStatus();
     }
+    case Kind::kDuration: {
+      absl::StatusOr<uint64_t> v = ParseDuration(text);
+      if (!v.ok()) return Invalid(label, absl::StrCat(Quote(text), " is not a duration"));
+      *t.size = *v;
+      return absl::OkStatus();
+    }
     case Kind::kUint32: {
       absl::StatusOr<uint64_t> v = ParseUnsigned(text, std::numeric_limits<uint32_t>::max());
       if (!v.ok())
@@ -173,9 +216,27 @@ absl::Status SetFromText(const Option& o, absl::string_view label, absl::string_
     }
     case Kind::kBool: {
       const std::string v = Lower(Trim(text));
-      if (v != "true" && v != "false")
-        return Invalid(label, absl::StrCat(Quote(text), " is not true or false"));
-      *t.flag = v == "true";
+      if (v != "true" && v != "false" && v != "on" && v != "off")
+        return Invalid(label, absl::StrCat(Quote(text), " is not true or false (or on, off)"));
+      *t.flag = v == "true" || v == "on";
+      return absl::OkStatus();
+    }
+    case Kind::kIntList: {
+      // "0,1,3"; "" = empty list.
+      std::vector<int> out;
+      absl::string_view rest = Trim(text);
+      while (!rest.empty()) {
+        const size_t comma = rest.find(',');
+        const absl::string_view item = Trim(rest.substr(0, comma));
+        absl::StatusOr<uint64_t> v = ParseUnsigned(item, kMaxGpuOrdinal);
+        if (!v.ok())
+          return Invalid(label, absl::StrCat(Quote(text), " is not a list of device ordinals "
+                                                          "in [0, ", kMaxGpuOrdinal, "]"));
+        out.push_back(static_cast<int>(*v));
+        if (comma == absl::string_view::npos) break;
+        rest = rest.substr(comma + 1);
+      }
+      *t.ints = std::move(out);
       return absl::OkStatus();
     }
   }
@@ -206,6 +267,14 @@ absl::Status SetFromToml(const Option& o, const toml::node& node, DaemonConfig& 
         return absl::OkStatus();
       }
       return Invalid(name, absl::StrCat(NodeText(node), " is not a size"));
+    case Kind::kDuration:
+      if (const auto* s = node.as_string()) return SetFromText(o, name, s->get(), c);
+      if (const auto* i = node.as_integer();
+          i && i->get() >= 0 && static_cast<uint64_t>(i->get()) <= kMaxShutdownDeadlineMs / 1000) {
+        *t.size = static_cast<uint64_t>(i->get()) * 1000;  // whole seconds
+        return absl::OkStatus();
+      }
+      return Invalid(name, absl::StrCat(NodeText(node), " is not a duration"));
     case Kind::kUint32:
       if (const auto* i = node.as_integer();
           i && i->get() >= 0 && i->get() <= std::numeric_limits<uint32_t>::max()) {
@@ -219,6 +288,21 @@ absl::Status SetFromToml(const Option& o, const toml::node& node, DaemonConfig& 
         return absl::OkStatus();
       }
       return Invalid(name, absl::StrCat(NodeText(node), " is not true or false"));
+    case Kind::kIntList:
+      if (const auto* s = node.as_string()) return SetFromText(o, name, s->get(), c);
+      if (const auto* a = node.as_array()) {
+        std::vector<int> out;
+        for (const toml::node& e : *a) {
+          const auto* i = e.as_integer();
+          if (i == nullptr || i->get() < 0 || i->get() > kMaxGpuOrdinal)
+            return Invalid(name, absl::StrCat(NodeText(node), " is not a list of device "
+                                                              "ordinals in [0, ", kMaxGpuOrdinal, "]"));
+          out.push_back(static_cast<int>(i->get()));
+        }
+        *t.ints = std::move(out);
+        return absl::OkStatus();
+      }
+      return Invalid(name, absl::StrCat(NodeText(node), " is not a list of device ordinals"));
   }
   return absl::InternalError("unreachable");
 }
@@ -288,6 +372,35 @@ std::string FormatSize(uint64_t bytes) {
   for (const auto& [unit, name] : kUnits)
     if (bytes % unit == 0) return absl::StrCat(bytes / unit, name);
   return absl::StrCat(bytes);
+}
+
+absl::StatusOr<uint64_t> ParseDuration(absl::string_view text) {
+  const absl::string_view t = Trim(text);
+  size_t digits = 0;
+  while (digits < t.size() && t[digits] >= '0' && t[digits] <= '9') ++digits;
+  const auto bad = [&] {
+    return absl::InvalidArgumentError(
+        absl::StrCat(Quote(text), " is not a duration (want e.g. 10s, 500ms, 2m, 1h)"));
+  };
+  if (digits == 0) return bad();
+  absl::StatusOr<uint64_t> number = ParseUnsigned(t.substr(0, digits), 1ull << 40);
+  if (!number.ok()) return bad();
+  const std::string suffix = Lower(Trim(t.substr(digits)));
+  uint64_t unit_ms = 0;
+  if (suffix == "ms") unit_ms = 1;
+  else if (suffix == "" || suffix == "s") unit_ms = 1000;
+  else if (suffix == "m" || suffix == "min") unit_ms = 60'000;
+  else if (suffix == "h") unit_ms = 3600'000;
+  else return bad();
+  return *number * unit_ms;
+}
+
+std::string FormatDuration(uint64_t ms) {
+  if (ms == 0) return "0s";
+  if (ms % 3600'000 == 0) return absl::StrCat(ms / 3600'000, "h");
+  if (ms % 60'000 == 0) return absl::StrCat(ms / 60'000, "m");
+  if (ms % 1000 == 0) return absl::StrCat(ms / 1000, "s");
+  return absl::StrCat(ms, "ms");
 }
 
 absl::StatusOr<HostPort> SplitHostPort(absl::string_view address) {
@@ -361,6 +474,11 @@ std::string ConfigToToml(const DaemonConfig& c) {
   absl::StrAppend(&out, "worker_threads = ", c.worker_threads, "\n");
   absl::StrAppend(&out, "max_message_bytes = ", Quote(FormatSize(c.max_message_bytes)), "\n");
   absl::StrAppend(&out, "ready_file = ", Quote(c.ready_file), "\n");
+  absl::StrAppend(&out, "shutdown_deadline = ", Quote(FormatDuration(c.shutdown_deadline_ms)),
+                  "\n");
+  absl::StrAppend(&out, "\n[metrics]\n");
+  absl::StrAppend(&out, "listen = ", Quote(c.metrics_listen), "\n");
+  absl::StrAppend(&out, "fidelity_probe_every = ", c.fidelity_probe_every, "\n");
   absl::StrAppend(&out, "\n[host]\n");
   absl::StrAppend(&out, "capacity = ", Quote(FormatSize(c.host_capacity_bytes)), "\n");
   absl::StrAppend(&out, "page_bytes = ", Quote(FormatSize(c.page_bytes)), "\n");
@@ -369,6 +487,16 @@ std::string ConfigToToml(const DaemonConfig& c) {
   absl::StrAppend(&out, "shards = ", c.shards, "\n");
   absl::StrAppend(&out, "\n[log]\n");
   absl::StrAppend(&out, "level = ", Quote(c.log_level), "\n");
+  absl::StrAppend(&out, "\n[gpu]\n");
+  absl::StrAppend(&out, "enabled = ", c.use_gpu ? "true" : "false", "\n");
+  absl::StrAppend(&out, "devices = [");
+  for (size_t i = 0; i < c.gpu_devices.size(); ++i)
+    absl::StrAppend(&out, i == 0 ? "" : ", ", c.gpu_devices[i]);
+  absl::StrAppend(&out, "]\n");
+  absl::StrAppend(&out, "capacity = ", Quote(FormatSize(c.gpu_capacity_bytes)), "\n");
+  absl::StrAppend(&out, "streams = ", c.gpu_streams, "\n");
+  absl::StrAppend(&out, "staging_bytes = ", Quote(FormatSize(c.gpu_staging_bytes)), "\n");
+  absl::StrAppend(&out, "promote_on_read = ", c.gpu_promote_on_read ? "true" : "false", "\n");
   return out;
 }
 
@@ -387,6 +515,12 @@ absl::Status ValidateConfig(const DaemonConfig& c) {
                    absl::StrCat(c.max_message_bytes, " is outside [",
                                 FormatSize(kMinMessageLimit), ", ", kMaxMessageLimit,
                                 "] (gRPC limits messages to 2 GiB - 1)"));
+  if (c.shutdown_deadline_ms > kMaxShutdownDeadlineMs)
+    return Invalid("server.shutdown_deadline (--shutdown-deadline)",
+                   absl::StrCat(FormatDuration(c.shutdown_deadline_ms),
+                                " is longer than 1h"));
+  if (absl::StatusOr<HostPort> hp = SplitHostPort(c.metrics_listen); !hp.ok())
+    return Invalid("metrics.listen (--metrics-listen)", hp.status().message());
   if (!IsPowerOfTwo(c.page_bytes) || c.page_bytes < kMinPageBytes || c.page_bytes > kMaxPageBytes)
     return Invalid("host.page_bytes (--page-bytes)",
                    absl::StrCat(c.page_bytes, " is not a power of two in [",
@@ -398,6 +532,22 @@ absl::Status ValidateConfig(const DaemonConfig& c) {
   if (!IsPowerOfTwo(c.shards) || c.shards > kMaxShards)
     return Invalid("store.shards (--shards)",
                    absl::StrCat(c.shards, " is not a power of two in [1, ", kMaxShards, "]"));
+  if (c.gpu_streams < 1 || c.gpu_streams > kMaxGpuStreams)
+    return Invalid("gpu.streams (--gpu-streams)",
+                   absl::StrCat(c.gpu_streams, " is outside [1, ", kMaxGpuStreams, "]"));
+  if (c.gpu_staging_bytes < kMinGpuStaging || c.gpu_staging_bytes > kMaxGpuStaging)
+    return Invalid("gpu.staging_bytes (--gpu-staging-bytes)",
+                   absl::StrCat(c.gpu_staging_bytes, " is outside [", FormatSize(kMinGpuStaging),
+                                ", ", FormatSize(kMaxGpuStaging), "]"));
+  if (c.gpu_capacity_bytes != 0 && c.gpu_capacity_bytes < c.page_bytes)
+    return Invalid("gpu.capacity (--gpu-capacity)",
+                   absl::StrCat(c.gpu_capacity_bytes, " bytes is less than one page (",
+                                c.page_bytes, " bytes); 0 = a quarter of free memory"));
+  for (size_t i = 0; i < c.gpu_devices.size(); ++i)
+    for (size_t j = 0; j < i; ++j)
+      if (c.gpu_devices[i] == c.gpu_devices[j])
+        return Invalid("gpu.devices (--gpu-devices)",
+                       absl::StrCat("device ", c.gpu_devices[i], " is listed twice"));
   bool level_ok = false;
   for (const char* l : kLogLevels) level_ok |= c.log_level == l;
   if (!level_ok)
@@ -443,6 +593,8 @@ absl::StatusOr<CommandLine> ParseCommandLine(int argc, const char* const* argv) 
   }
 
   DaemonConfig config;
+  // Unset until the file or a flag sets it; then resolved against server.listen below.
+  config.metrics_listen.clear();
   if (!config_path.empty()) {
     absl::StatusOr<std::string> text = ReadFile(config_path);
     if (!text.ok()) return text.status();
@@ -454,6 +606,11 @@ absl::StatusOr<CommandLine> ParseCommandLine(int argc, const char* const* argv) 
     if (flags[i]->count() == 0) continue;
     if (absl::Status s = SetFromText(kOptions[i], kOptions[i].flag, values[i], config); !s.ok())
       return s;
+  }
+  if (config.metrics_listen.empty()) {
+    absl::StatusOr<HostPort> grpc = SplitHostPort(config.listen);
+    config.metrics_listen =
+        grpc.ok() && grpc->port == 0 ? std::string("127.0.0.1:0") : kDefaultMetricsListen;
   }
   if (absl::Status s = ValidateConfig(config); !s.ok()) return s;
   out.config = std::move(config);

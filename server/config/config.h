@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 #include "absl/strings/string_view.h"
 
 #include "absl/status/status.h"
@@ -28,6 +29,18 @@ struct DaemonConfig {
   // [server] ready_file / --ready-file: once serving, "HOST:PORT\n" is written here
   // atomically (temp file + rename); removed on clean shutdown. "" = none. Default "".
   std::string ready_file;
+  // [server] shutdown_deadline / --shutdown-deadline: on SIGTERM/SIGINT, how long requests
+  // already accepted may run before they are cancelled, in milliseconds (TOML and flag
+  // take "10s", "500ms", "2m" or whole seconds). Default 10 s.
+  uint64_t shutdown_deadline_ms = 10'000;
+  // [metrics] listen / --metrics-listen: HOST:PORT of the HTTP endpoint (/metrics,
+  // /healthz, /readyz); port 0 picks a free port, printed as "kvstashd metrics on
+  // HOST:PORT". When neither the file nor a flag sets it, "127.0.0.1:7451", or
+  // "127.0.0.1:0" when server.listen has port 0 (so that ephemeral daemons never collide).
+  std::string metrics_listen = "127.0.0.1:7451";
+  // [metrics] fidelity_probe_every / --fidelity-probe-every: decode every Nth successful
+  // Put again after replying and record its relative error; 0 = never. Default 64.
+  uint32_t fidelity_probe_every = 64;
   // [host] capacity / --host-capacity: bytes of host memory for chunks, allocated up front.
   // Default 1 GiB.
   uint64_t host_capacity_bytes = 1ull << 30;
@@ -39,6 +52,25 @@ struct DaemonConfig {
   bool prefault = false;
   // [store] shards / --shards: index shards, a power of two in [1, 4096]. Default 16.
   uint32_t shards = 16;
+  // --- [gpu]: the GPU tier (docs/store.md, "GPU tier"). Used only by a CUDA build on a
+  // host whose CUDA runtime reports devices; otherwise the daemon is host-only.
+  // [gpu] enabled / --gpu on|off: use the GPUs as the first tier and for the codec.
+  // Default on.
+  bool use_gpu = true;
+  // [gpu] devices / --gpu-devices: CUDA ordinals, e.g. [0, 1] / "0,1"; empty = every
+  // visible device. Default empty.
+  std::vector<int> gpu_devices;
+  // [gpu] capacity / --gpu-capacity: device memory each device pool takes up front;
+  // 0 = a quarter of the device's free memory at startup. Default 0.
+  uint64_t gpu_capacity_bytes = 0;
+  // [gpu] streams / --gpu-streams: worker streams per device, in [1, 64]. Default 4.
+  uint32_t gpu_streams = 4;
+  // [gpu] staging_bytes / --gpu-staging-bytes: each of a worker's two pinned staging
+  // buffers, in [64 KiB, 1 GiB]. Default 4 MiB.
+  uint64_t gpu_staging_bytes = 4ull << 20;
+  // [gpu] promote_on_read / --gpu-promote-on-read: copy a host-tier chunk to its device
+  // after a read when the device has free pages. Default false.
+  bool gpu_promote_on_read = false;
   // [log] level / --log-level: trace, debug, info, warn, error, critical or off.
   // Default "info".
   std::string log_level = "info";
@@ -62,6 +94,11 @@ absl::StatusOr<DaemonConfig> ApplyToml(const DaemonConfig& base, absl::string_vi
 
 // InvalidArgument naming the first option outside its allowed range.
 absl::Status ValidateConfig(const DaemonConfig& config);
+
+// "10s", "500ms", "2m", "1h" or a whole number of seconds, as milliseconds.
+absl::StatusOr<uint64_t> ParseDuration(absl::string_view text);
+// The shortest exact spelling: "10s", "1500ms", "2m".
+std::string FormatDuration(uint64_t ms);
 
 // The config as a TOML document that ApplyToml reads back to the same values.
 std::string ConfigToToml(const DaemonConfig& config);

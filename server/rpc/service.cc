@@ -1,6 +1,7 @@
 #include "server/rpc/service.h"
 
 #include <cctype>
+#include <cmath>
 #include <cstring>
 #include <optional>
 #include <span>
@@ -10,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "kvstash/kernels/codec.h"
 #include "kvstash/kernels/format.h"
+#include "kvstash/kernels/half.h"
 #include "server/rpc/status.h"
 #include "spdlog/spdlog.h"
 
@@ -426,21 +428,124 @@ void HandleStats(const store::Store& store, const ServiceOptions& options,
   response->set_max_message_bytes(options.max_message_bytes);
 }
 
+absl::StatusOr<FidelityError> ProbeFidelity(store::Store& store, std::string_view ns,
+                                            const store::ChunkKey& key,
+                                            const ChunkShape& shape,
+                                            std::span<const uint8_t> original) {
+  if (original.size() != shape.payload_bytes())
+    return absl::InvalidArgumentError(absl::StrCat("original: ", original.size(),
+                                                   " bytes, expected ", shape.payload_bytes()));
+  std::vector<uint16_t> decoded;
+  store::OutputAllocator alloc = [&decoded](uint64_t bytes) -> uint8_t* {
+    decoded.resize(bytes / 2);
+    return reinterpret_cast<uint8_t*>(decoded.data());
+  };
+  absl::StatusOr<store::ChunkInfo> info = store.Get(ns, key, kernels::Slice{}, shape.dtype, alloc);
+  if (!info.ok()) return info.status();
+  if (info->shape != shape || decoded.size() * 2 != original.size())
+    return absl::NotFoundError("the chunk was replaced by one of another shape");
+
+  // [L][2][T][H][D]: per layer, a block of T·H·D keys, then one of values.
+  const uint64_t block = uint64_t{shape.num_tokens} * shape.num_heads * shape.head_dim;
+  const int dtype = static_cast<int>(shape.dtype);
+  double err2[2] = {0, 0}, norm2[2] = {0, 0};
+  for (uint32_t l = 0; l < shape.num_layers; ++l) {
+    for (int t = 0; t < 2; ++t) {
+      const uint64_t base = (uint64_t{l} * 2 + t) * block;
+      for (uint64_t i = 0; i < block; ++i) {
+        uint16_t raw;
+        std::memcpy(&raw, original.data() + 2 * (base + i), 2);
+        const double x = kernels::HalfToFloat(raw, dtype);
+        const double y = kernels::HalfToFloat(decoded[base + i], dtype);
+        err2[t] += (x - y) * (x - y);
+        norm2[t] += x * x;
+      }
+    }
+  }
+  const auto relative = [](double e2, double n2) {
+    if (n2 > 0) return std::sqrt(e2 / n2);
+    return e2 > 0 ? 1.0 : 0.0;  // an all-zero tensor: any error is total
+  };
+  return FidelityError{relative(err2[0], norm2[0]), relative(err2[1], norm2[1])};
+}
+
 // --- KvStashService -----------------------------------------------------------------------
 
-KvStashService::KvStashService(store::Store* store, const ServiceOptions& options)
-    : store_(store), options_(options), pool_(options.worker_threads) {}
+KvStashService::KvStashService(store::Store* store, const ServiceOptions& options,
+                               metrics::Metrics* metrics)
+    : store_(store), options_(options), metrics_(metrics), pool_(options.worker_threads) {}
 
 KvStashService::~KvStashService() = default;
 
-bool KvStashService::RefuseIfDraining(grpc::ServerUnaryReactor* reactor) {
+KvStashService::Call KvStashService::Begin(metrics::Method method,
+                                           const google::protobuf::Message& request) {
+  Call call{method, Clock::now(), 0};
+  if (metrics_ != nullptr) {
+    metrics_->AddInFlight(metrics::Transport::kGrpc, 1);
+    call.bytes_in = request.ByteSizeLong();
+  }
+  return call;
+}
+
+bool KvStashService::RefuseIfDraining(grpc::ServerUnaryReactor* reactor, const Call& call) {
   if (!draining_.load(std::memory_order_acquire)) return false;
-  reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "kvstashd is shutting down"));
+  Finish(reactor, call, nullptr, absl::UnavailableError("kvstashd is shutting down"));
   return true;
 }
 
-void KvStashService::Finish(grpc::ServerUnaryReactor* reactor, const char* method,
+std::function<void()> KvStashService::AfterPut(const v1::PutRequest& request,
+                                               const v1::PutResponse& response) {
+  if (metrics_ == nullptr) return nullptr;
+  for (const v1::PutResult& r : response.results()) {
+    const v1::ChunkInfo& info = r.info();
+    const ChunkShape shape = ToShape(info.layout(), info.dtype());
+    metrics_->ObservePutChunk(kernels::PresetName(static_cast<kernels::Preset>(info.preset())),
+                              shape.elements(), info.stored_bytes(), info.equivalent_bits());
+  }
+  const uint64_t every = options_.fidelity_probe_every;
+  if (every == 0 || request.chunks_size() == 0 || response.results_size() == 0) return nullptr;
+  if (puts_ok_.fetch_add(1, std::memory_order_relaxed) % every != every - 1) return nullptr;
+
+  // The probe outlives the call, so it takes what it needs: the first chunk's identity,
+  // and its payload swapped out of the request. gRPC owns the request as a mutable object
+  // and reads nothing of it after the handler, so the swap costs neither a copy nor
+  // correctness; it saves holding up the reply with a memcpy of the payload.
+  auto& chunk = const_cast<v1::PutChunk&>(request.chunks(0));
+  auto payload = std::make_shared<std::string>();
+  payload->swap(*chunk.mutable_data());
+  const std::string ns = chunk.namespace_();
+  const store::ChunkKey key = ToStoreKey(chunk.key());
+  const ChunkShape shape = ToShape(chunk.layout(), chunk.dtype());
+  const std::string key_text = KeyString(chunk.key());
+  const std::string preset(
+      kernels::PresetName(static_cast<kernels::Preset>(response.results(0).info().preset())));
+  return [this, payload, ns, key, key_text, shape, preset] {
+    absl::StatusOr<FidelityError> err = ProbeFidelity(*store_, ns, key, shape, Bytes(*payload));
+    if (err.ok()) {
+      metrics_->ObserveFidelity(preset, err->key, err->value);
+      metrics_->CountProbe("ok");
+    } else if (err.status().code() == absl::StatusCode::kNotFound) {
+      metrics_->CountProbe("gone");
+    } else {
+      spdlog::warn("fidelity probe of chunk {} failed: {}", key_text,
+                   Str(err.status().message()));
+      metrics_->CountProbe("error");
+    }
+  };
+}
+
+void KvStashService::Finish(grpc::ServerUnaryReactor* reactor, const Call& call,
+                            const google::protobuf::Message* response,
                             const absl::Status& status) {
+  const char* method = metrics::MethodName(call.method).data();  // static, NUL-terminated
+  if (metrics_ != nullptr) {
+    const double seconds = std::chrono::duration<double>(Clock::now() - call.start).count();
+    const uint64_t bytes_out = status.ok() && response != nullptr ? response->ByteSizeLong() : 0;
+    const std::string code = absl::StatusCodeToString(status.code());
+    metrics_->ObserveRequest(call.method, metrics::Transport::kGrpc, code, seconds,
+                             call.bytes_in, bytes_out);
+    metrics_->AddInFlight(metrics::Transport::kGrpc, -1);
+  }
   switch (status.code()) {
     case absl::StatusCode::kOk:
       break;
@@ -463,14 +568,24 @@ grpc::ServerUnaryReactor* KvStashService::Put(grpc::CallbackServerContext* conte
                                               const v1::PutRequest* request,
                                               v1::PutResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (RefuseIfDraining(reactor)) return reactor;
+  const Call call = Begin(metrics::Method::kPut, *request);
+  if (RefuseIfDraining(reactor, call)) return reactor;
   // request, response and context stay valid until the reactor is finished.
-  pool_.Submit([this, context, request, response, reactor] {
+  pool_.Submit([this, context, request, response, reactor, call] {
     if (context->IsCancelled()) {  // the client gave up while the call was queued
-      reactor->Finish(grpc::Status::CANCELLED);
+      Finish(reactor, call, nullptr, absl::CancelledError("cancelled while queued"));
       return;
     }
-    Finish(reactor, "Put", HandlePut(*store_, options_, *request, response));
+    const Clock::time_point start = Clock::now();
+    const absl::Status status = HandlePut(*store_, options_, *request, response);
+    if (metrics_ != nullptr)
+      metrics_->ObserveCodec(metrics::CodecOp::kEncode,
+                             std::chrono::duration<double>(Clock::now() - start).count());
+    std::function<void()> probe;
+    if (status.ok()) probe = AfterPut(*request, *response);
+    Finish(reactor, call, response, status);
+    // After Finish: the reply is on its way and request/response may be gone already.
+    if (probe) probe();
   });
   return reactor;
 }
@@ -479,13 +594,19 @@ grpc::ServerUnaryReactor* KvStashService::Get(grpc::CallbackServerContext* conte
                                               const v1::GetRequest* request,
                                               v1::GetResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (RefuseIfDraining(reactor)) return reactor;
-  pool_.Submit([this, context, request, response, reactor] {
+  const Call call = Begin(metrics::Method::kGet, *request);
+  if (RefuseIfDraining(reactor, call)) return reactor;
+  pool_.Submit([this, context, request, response, reactor, call] {
     if (context->IsCancelled()) {
-      reactor->Finish(grpc::Status::CANCELLED);
+      Finish(reactor, call, nullptr, absl::CancelledError("cancelled while queued"));
       return;
     }
-    Finish(reactor, "Get", HandleGet(*store_, options_, *request, response));
+    const Clock::time_point start = Clock::now();
+    const absl::Status status = HandleGet(*store_, options_, *request, response);
+    if (metrics_ != nullptr)
+      metrics_->ObserveCodec(metrics::CodecOp::kDecode,
+                             std::chrono::duration<double>(Clock::now() - start).count());
+    Finish(reactor, call, response, status);
   });
   return reactor;
 }
@@ -494,8 +615,11 @@ grpc::ServerUnaryReactor* KvStashService::Lookup(grpc::CallbackServerContext* co
                                                  const v1::LookupRequest* request,
                                                  v1::LookupResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (RefuseIfDraining(reactor)) return reactor;
-  Finish(reactor, "Lookup", HandleLookup(*store_, options_, *request, response));
+  const Call call = Begin(metrics::Method::kLookup, *request);
+  if (RefuseIfDraining(reactor, call)) return reactor;
+  const absl::Status status = HandleLookup(*store_, options_, *request, response);
+  if (status.ok() && metrics_ != nullptr) metrics_->ObserveLookup(response->present_prefix());
+  Finish(reactor, call, response, status);
   return reactor;
 }
 
@@ -503,18 +627,20 @@ grpc::ServerUnaryReactor* KvStashService::Delete(grpc::CallbackServerContext* co
                                                  const v1::DeleteRequest* request,
                                                  v1::DeleteResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (RefuseIfDraining(reactor)) return reactor;
-  Finish(reactor, "Delete", HandleDelete(*store_, options_, *request, response));
+  const Call call = Begin(metrics::Method::kDelete, *request);
+  if (RefuseIfDraining(reactor, call)) return reactor;
+  Finish(reactor, call, response, HandleDelete(*store_, options_, *request, response));
   return reactor;
 }
 
 grpc::ServerUnaryReactor* KvStashService::Stats(grpc::CallbackServerContext* context,
-                                                const v1::StatsRequest* /*request*/,
+                                                const v1::StatsRequest* request,
                                                 v1::StatsResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (RefuseIfDraining(reactor)) return reactor;
+  const Call call = Begin(metrics::Method::kStats, *request);
+  if (RefuseIfDraining(reactor, call)) return reactor;
   HandleStats(*store_, options_, response);
-  reactor->Finish(grpc::Status::OK);
+  Finish(reactor, call, response, absl::OkStatus());
   return reactor;
 }
 

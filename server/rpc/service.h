@@ -7,18 +7,27 @@
 // thread; Put and Get (encode, decode) are handed to a bounded WorkerPool and the reactor
 // is finished from there, so callback threads never block on codec work.
 //
+// With a metrics::Metrics every call is counted (method, transport, status code), timed
+// and sized, Lookups record their hit length, and every Nth successful Put is decoded
+// again after its reply (the fidelity probe, ProbeFidelity below). docs/operators.md.
+//
 // Thread-safe: every function and method may be called concurrently.
 #ifndef KVSTASH_SERVER_RPC_SERVICE_H_
 #define KVSTASH_SERVER_RPC_SERVICE_H_
 
 #include <atomic>
+#include <functional>
+#include <chrono>
 #include <cstdint>
+#include <span>
+#include <string_view>
 
 #include <grpcpp/grpcpp.h>
 
 #include "absl/status/status.h"
 #include "kvstash/v1/kvstash.grpc.pb.h"
 #include "kvstash/v1/kvstash.pb.h"
+#include "server/metrics/metrics.h"
 #include "server/rpc/worker_pool.h"
 #include "server/store/store.h"
 
@@ -33,6 +42,10 @@ struct ServiceOptions {
   // Longest accepted namespace in bytes; keep equal to StoreOptions::max_namespace_bytes so
   // that a whole Put is validated before anything is stored. Default 256.
   uint32_t max_namespace_bytes = 256;
+  // Fidelity probe: decode the first chunk of every Nth successful Put again, after the
+  // reply, on the worker, and record its relative error. 0 = never. Needs metrics.
+  // Default 64.
+  uint32_t fidelity_probe_every = 64;
 };
 
 // --- Handler logic, no gRPC types -------------------------------------------------------
@@ -65,12 +78,29 @@ absl::Status HandleDelete(store::Store& store, const ServiceOptions& options,
 void HandleStats(const store::Store& store, const ServiceOptions& options,
                  v1::StatsResponse* response);
 
+// Relative reconstruction error ||x - x_hat|| / ||x|| of the keys and of the values of a
+// chunk (0 when both are all zeros).
+struct FidelityError {
+  double key = 0;
+  double value = 0;
+};
+// Decodes the whole chunk (ns, key) from `store` and compares it with `original`, the
+// 16-bit payload it was put with ([L][2][T][H][D] in shape.dtype). NotFound when the chunk
+// is gone or was replaced by one of another shape; the store's error otherwise. Counts as
+// a Get for the store's statistics.
+absl::StatusOr<FidelityError> ProbeFidelity(store::Store& store, std::string_view ns,
+                                            const store::ChunkKey& key,
+                                            const kernels::ChunkShape& shape,
+                                            std::span<const uint8_t> original);
+
 // --- The gRPC service -------------------------------------------------------------------
 
 class KvStashService final : public v1::KvStash::CallbackService {
  public:
-  // `store` is not owned and must outlive the service.
-  KvStashService(store::Store* store, const ServiceOptions& options);
+  // `store` and `metrics` (null = no metrics, no fidelity probe) are not owned and must
+  // outlive the service.
+  KvStashService(store::Store* store, const ServiceOptions& options,
+                 metrics::Metrics* metrics = nullptr);
   // Runs every queued Put/Get to completion, then joins the workers. REQUIRES: the server
   // this service is registered with has been shut down (no new calls arrive).
   ~KvStashService() override;
@@ -98,15 +128,32 @@ class KvStashService final : public v1::KvStash::CallbackService {
                                   v1::StatsResponse* response) override;
 
  private:
+  using Clock = std::chrono::steady_clock;
+  // What Finish needs to account for one call.
+  struct Call {
+    metrics::Method method;
+    Clock::time_point start;
+    uint64_t bytes_in = 0;
+  };
+  // Starts accounting for a call (in-flight gauge, start time, request size).
+  Call Begin(metrics::Method method, const google::protobuf::Message& request);
   // Finishes the reactor with UNAVAILABLE and returns true when draining.
-  bool RefuseIfDraining(grpc::ServerUnaryReactor* reactor);
-  // Logs failures worth an operator's attention, then finishes.
-  static void Finish(grpc::ServerUnaryReactor* reactor, const char* method,
-                     const absl::Status& status);
+  bool RefuseIfDraining(grpc::ServerUnaryReactor* reactor, const Call& call);
+  // Logs failures worth an operator's attention, records the call, then finishes.
+  // `response` is measured only when `status` is OK.
+  void Finish(grpc::ServerUnaryReactor* reactor, const Call& call,
+              const google::protobuf::Message* response, const absl::Status& status);
+  // On the worker, after a successful Put: per-preset bit accounting, and the fidelity
+  // probe when this Put is the Nth. Takes the first chunk's payload out of `request`
+  // (nothing reads the request after the handler), so call it before Finish and run the
+  // returned probe after.
+  std::function<void()> AfterPut(const v1::PutRequest& request, const v1::PutResponse& response);
 
   store::Store* const store_;
   const ServiceOptions options_;
+  metrics::Metrics* const metrics_;
   std::atomic<bool> draining_{false};
+  std::atomic<uint64_t> puts_ok_{0};  // successful Puts, for the probe's sampling
   WorkerPool pool_;  // last: destroyed (drained and joined) first
 };
 

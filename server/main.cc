@@ -126,6 +126,7 @@ int Run(const DaemonConfig& config) {
   service_options.max_message_bytes = config.max_message_bytes;
   service_options.max_namespace_bytes = store_options.max_namespace_bytes;
   service_options.fidelity_probe_every = config.fidelity_probe_every;
+  service_options.regions.max_regions = config.max_regions;
   auto service = std::make_unique<kvstash::rpc::KvStashService>(store->get(), service_options,
                                                                 metrics.get());
 

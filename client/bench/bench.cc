@@ -208,7 +208,7 @@ class Runner {
     const Clock::time_point t0 = Clock::now();
     absl::Status status;
     uint64_t stored = 0, logical = 0;
-    std::string got;
+    GetReply got;
     uint32_t present = 0;
     const std::vector<client::ChunkKey>* chain = nullptr;
     if (op == Op::kPut) {
@@ -218,7 +218,7 @@ class Runner {
     } else if (op == Op::kGet) {
       absl::StatusOr<GetReply> r = t.Get(o_.ns, BenchKey(o_.seed, key_index));
       status = r.status();
-      if (r.ok()) stored = r->stored_bytes, logical = r->data.size(), got = std::move(r->data);
+      if (r.ok()) stored = r->stored_bytes, logical = r->bytes().size(), got = std::move(*r);
     } else {
       chain = &chains_[i % chains_.size()];
       absl::StatusOr<uint32_t> r = t.Lookup(o_.ns, *chain);
@@ -235,7 +235,9 @@ class Runner {
     if (o_.verify && op == Op::kGet) {
       ++s.verify_checked;
       const std::vector<uint16_t>& want = expected_[payload];
-      if (got.size() != want.size() * 2 || std::memcmp(got.data(), want.data(), got.size()) != 0) {
+      const std::span<const uint8_t> bytes = got.bytes();
+      if (bytes.size() != want.size() * 2 ||
+          std::memcmp(bytes.data(), want.data(), bytes.size()) != 0) {
         ++s.verify_mismatches;
         ++st.errors[std::string(kVerifyMismatch)];
         ++live.errors;
@@ -331,6 +333,35 @@ std::string TcpJson(const TcpDirection& d, uint64_t payload_bytes) {
 double Rate(uint64_t n, double seconds) { return seconds > 0 ? n / seconds : 0.0; }
 
 }  // namespace
+
+MemcpyResult RunMemcpyBaseline(uint64_t bytes, uint32_t threads, double seconds, uint64_t count) {
+  std::vector<std::vector<uint8_t>> src(threads), dst(threads);
+  for (uint32_t t = 0; t < threads; ++t) {
+    src[t].assign(bytes, static_cast<uint8_t>(t + 1));  // touched: no page faults measured
+    dst[t].assign(bytes, 0);
+  }
+  std::atomic<uint64_t> next{0};
+  std::vector<std::vector<uint64_t>> lat(threads);
+  const Clock::time_point start = Clock::now();
+  const Clock::time_point deadline =
+      start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
+  Parallel(threads, [&](uint32_t t) {
+    for (;;) {
+      const uint64_t i = next.fetch_add(1);
+      if (count > 0 ? i >= count : Clock::now() >= deadline) break;
+      const Clock::time_point t0 = Clock::now();
+      std::memcpy(dst[t].data(), src[t].data(), bytes);
+      lat[t].push_back(static_cast<uint64_t>(
+          std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count()));
+    }
+  });
+  MemcpyResult r;
+  r.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  for (const auto& l : lat) r.latency_ns.insert(r.latency_ns.end(), l.begin(), l.end());
+  r.copies = r.latency_ns.size();
+  std::sort(r.latency_ns.begin(), r.latency_ns.end());
+  return r;
+}
 
 absl::StatusOr<Workload> ParseWorkload(std::string_view name) {
   if (name == "put") return Workload::kPut;
@@ -486,6 +517,24 @@ std::string BenchReport::Text() const {
     absl::StrAppendFormat(&out, "verify    %d checked, %d mismatches\n", verify_checked,
                           verify_mismatches);
   }
+  if (memcpy_baseline) {
+    const uint64_t bytes = o.shape.payload_bytes();
+    const MemcpyResult& m = *memcpy_baseline;
+    absl::StrAppendFormat(&out, "\nmemcpy baseline (%s per copy, %u threads)\n",
+                          cli::HumanBytes(bytes), o.connections * o.inflight);
+    absl::StrAppendFormat(&out, "memcpy    %10.1f ops/s %8.3f GB/s  p50 %.3f ms  p99 %.3f ms",
+                          Rate(m.copies, m.seconds), m.gbps(bytes),
+                          Ms(Percentile(m.latency_ns, 0.5)), Ms(Percentile(m.latency_ns, 0.99)));
+    const double put_gbps = Rate(ops[0].logical_bytes, seconds) / 1e9;
+    const double get_gbps = Rate(ops[1].logical_bytes, seconds) / 1e9;
+    if (m.gbps(bytes) > 0) {
+      if (put_gbps > 0)
+        absl::StrAppendFormat(&out, "  (%s put = %.1f%% of it)", transport, 100 * put_gbps / m.gbps(bytes));
+      if (get_gbps > 0)
+        absl::StrAppendFormat(&out, "  (%s get = %.1f%% of it)", transport, 100 * get_gbps / m.gbps(bytes));
+    }
+    out += "\n";
+  }
   if (baseline) {
     const uint64_t bytes = o.shape.payload_bytes();
     absl::StrAppendFormat(&out, "\nloopback TCP baseline (127.0.0.1, %s per transfer, %u streams)\n",
@@ -502,8 +551,8 @@ std::string BenchReport::Text() const {
                             dir == 0 ? "upload" : "download", Rate(d.ops, d.seconds), tcp,
                             Ms(Percentile(lat, 0.5)), Ms(Percentile(lat, 0.99)));
       if (grpc > 0 && tcp > 0) {
-        absl::StrAppendFormat(&out, "  (grpc %s = %.1f%% of it)", dir == 0 ? "put" : "get",
-                              100 * grpc / tcp);
+        absl::StrAppendFormat(&out, "  (%s %s = %.1f%% of it)", transport,
+                              dir == 0 ? "put" : "get", 100 * grpc / tcp);
       }
       out += "\n";
     }
@@ -587,6 +636,29 @@ std::string BenchReport::Json() const {
                                                 .str())
                    .str());
   }
+  if (memcpy_baseline) {
+    const uint64_t bytes = o.shape.payload_bytes();
+    const MemcpyResult& m = *memcpy_baseline;
+    const double put_gbps = Rate(ops[0].logical_bytes, seconds) / 1e9;
+    const double get_gbps = Rate(ops[1].logical_bytes, seconds) / 1e9;
+    const double g = m.gbps(bytes);
+    out.AddRaw("memcpy_baseline",
+               JsonObject()
+                   .Add("payload_bytes", bytes)
+                   .Add("threads", o.connections * o.inflight)
+                   .Add("copies", m.copies)
+                   .Add("seconds", m.seconds)
+                   .Add("gbps", g)
+                   .AddRaw("latency_ms", JsonObject()
+                                             .Add("p50", Ms(Percentile(m.latency_ns, 0.50)))
+                                             .Add("p99", Ms(Percentile(m.latency_ns, 0.99)))
+                                             .str())
+                   .AddRaw("fraction", JsonObject()
+                                           .Add("put", g > 0 ? put_gbps / g : 0.0)
+                                           .Add("get", g > 0 ? get_gbps / g : 0.0)
+                                           .str())
+                   .str());
+  }
   return out.str();
 }
 
@@ -628,6 +700,10 @@ absl::StatusOr<BenchReport> RunBench(const BenchOptions& options, const Transpor
   for (OpReport& r : report.ops) std::sort(r.latency_ns.begin(), r.latency_ns.end());
   runner.Cleanup();
 
+  if (options.memcpy_baseline) {
+    report.memcpy_baseline = RunMemcpyBaseline(options.shape.payload_bytes(), runner.workers(),
+                                               options.baseline_duration_s, options.count);
+  }
   if (options.tcp_baseline) {
     TcpBaselineOptions b;
     b.payload_bytes = options.shape.payload_bytes();

@@ -65,7 +65,21 @@ struct BenchOptions {
   // Loopback TCP baseline after the workload: same payload bytes, same concurrency.
   bool tcp_baseline = false;
   double baseline_duration_s = 3;  // per direction, when count == 0 (else `count` each)
+  // memcpy baseline after the workload: each thread copies payload-sized buffers for
+  // baseline_duration_s (or `count` copies in all); on by default for --transport shm.
+  bool memcpy_baseline = false;
 };
+
+// Throughput of memcpy: `threads` threads each copying `bytes`-byte buffers (distinct
+// source and destination per thread, touched first) for `seconds`, or `count` copies in
+// all when count > 0.
+struct MemcpyResult {
+  uint64_t copies = 0;
+  double seconds = 0;
+  std::vector<uint64_t> latency_ns;  // sorted
+  double gbps(uint64_t bytes) const { return seconds > 0 ? copies * double(bytes) / seconds / 1e9 : 0; }
+};
+MemcpyResult RunMemcpyBaseline(uint64_t bytes, uint32_t threads, double seconds, uint64_t count);
 
 // InvalidArgument naming the first bad field (as its command-line flag).
 absl::Status ValidateOptions(const BenchOptions& o);
@@ -107,6 +121,7 @@ struct BenchReport {
   uint64_t lookup_keys = 0;              // keys asked by successful Lookups
   uint64_t lookup_present = 0;           // of which in the present prefix
   std::optional<TcpBaselineResult> baseline;
+  std::optional<MemcpyResult> memcpy_baseline;
 
   uint64_t error_count() const;
   // Text for humans (stdout) and one JSON object (--json); docs/bench.md lists the fields.

@@ -53,7 +53,8 @@ int Main(int argc, char** argv) {
   bool json = false, progress = false, keep = false;
 
   app.add_option("--addr", addr, "daemon address host:port")->capture_default_str();
-  app.add_option("--transport", transport, "grpc (shm, cuda-ipc: not implemented yet)")
+  app.add_option("--transport", transport, "grpc | shm (same host: payloads through a registered /dev/shm region; cuda-ipc: not "
+                 "implemented yet)")
       ->capture_default_str();
   app.add_option("-w,--workload", workload, "put | get | mixed | lookup")->capture_default_str();
   app.add_option("-m,--model", model,
@@ -144,6 +145,11 @@ int Main(int argc, char** argv) {
   t.timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000 + 0.5));
   t.max_message_bytes = max_message_bytes;
   t.connect_timeout = std::min(t.connect_timeout, t.timeout);
+  t.ns = o.ns;
+  t.shm_slot_bytes = o.shape.payload_bytes();
+  t.shm_slots = o.inflight;
+  // shm runs at memory speed: report it against memcpy of the same bytes, same threads.
+  o.memcpy_baseline = *kind == TransportKind::kShm;
   auto open = [&](uint32_t) { return OpenTransport(*kind, t); };
 
   absl::StatusOr<BenchReport> report =

@@ -1,11 +1,16 @@
 #include "transport.h"
 
 #include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <mutex>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "grpcpp/grpcpp.h"
+#include "kvstash/client/client.h"
 #include "kvstash/v1/kvstash.grpc.pb.h"
 #include "kvstash/v1/kvstash.pb.h"
 
@@ -109,6 +114,152 @@ class GrpcTransport final : public Transport {
   std::unique_ptr<pb::KvStash::Stub> stub_;
 };
 
+// The shared-memory data path: one region per transport, cut into 64-byte-aligned slots,
+// one per operation in flight. gRPC messages carry only RegionRefs.
+class ShmTransport final : public Transport {
+ public:
+  ShmTransport(const TransportOptions& options, std::shared_ptr<grpc::Channel> channel,
+               client::SharedRegion region, uint64_t slot_stride)
+      : options_(options),
+        channel_(channel),
+        stub_(pb::KvStash::NewStub(channel)),
+        control_(options, channel),
+        region_(std::move(region)),
+        stride_(slot_stride) {
+    for (uint32_t i = 0; i < options.shm_slots; ++i) free_.push_back(i);
+  }
+
+  ~ShmTransport() override {
+    if (id_ == 0) return;
+    pb::UnregisterRegionRequest req;
+    req.set_region_id(id_);
+    req.set_token(token_);
+    pb::UnregisterRegionResponse resp;
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx);
+    (void)stub_->UnregisterRegion(&ctx, req, &resp);  // the lease cleans up otherwise
+  }
+
+  absl::Status Register() {
+    pb::RegisterRegionRequest req;
+    req.set_namespace_(options_.ns);
+    req.set_path(region_.path());
+    req.set_size(region_.size());
+    pb::RegisterRegionResponse resp;
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx);
+    if (absl::Status s = FromGrpc(stub_->RegisterRegion(&ctx, req, &resp)); !s.ok()) return s;
+    id_ = resp.region_id();
+    token_ = resp.token();
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<uint64_t> Put(std::string_view ns, const PutOp& op) override {
+    if (op.data.size() > options_.shm_slot_bytes) {
+      return absl::InvalidArgumentError("put: payload larger than a region slot");
+    }
+    const uint32_t slot = Acquire();
+    // The copy a worker makes into its region is part of what this transport costs.
+    std::memcpy(region_.data() + slot * stride_, op.data.data(), op.data.size());
+    pb::PutRequest req;
+    pb::PutChunk* c = req.add_chunks();
+    c->set_namespace_(std::string(ns));
+    ToProto(op.key, c->mutable_key());
+    pb::Layout* l = c->mutable_layout();
+    l->set_num_layers(op.shape.num_layers);
+    l->set_num_tokens(op.shape.num_tokens);
+    l->set_num_heads(op.shape.num_heads);
+    l->set_head_dim(op.shape.head_dim);
+    c->set_dtype(static_cast<pb::DType>(static_cast<int>(op.shape.dtype)));
+    c->mutable_codec()->set_preset(static_cast<pb::Preset>(static_cast<int>(op.preset)));
+    pb::RegionRef* ref = c->mutable_data_region();
+    ref->set_region_id(id_);
+    ref->set_token(token_);
+    ref->set_offset(slot * stride_);
+    ref->set_length(op.data.size());
+    pb::PutResponse resp;
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx);
+    absl::Status s = FromGrpc(stub_->Put(&ctx, req, &resp));
+    Release(slot);
+    if (!s.ok()) return s;
+    if (resp.results_size() != 1) {
+      return absl::InternalError(absl::StrCat("put: ", resp.results_size(), " results for 1 chunk"));
+    }
+    return resp.results(0).info().stored_bytes();
+  }
+
+  absl::StatusOr<GetReply> Get(std::string_view ns, const client::ChunkKey& key) override {
+    const uint32_t slot = Acquire();
+    auto hold = std::shared_ptr<void>(nullptr, [this, slot](void*) { Release(slot); });
+    pb::GetRequest req;
+    req.set_namespace_(std::string(ns));
+    ToProto(key, req.add_keys());
+    pb::RegionRef* ref = req.mutable_output_region();
+    ref->set_region_id(id_);
+    ref->set_token(token_);
+    ref->set_offset(slot * stride_);
+    ref->set_length(options_.shm_slot_bytes);
+    pb::GetResponse resp;
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx);
+    if (absl::Status s = FromGrpc(stub_->Get(&ctx, req, &resp)); !s.ok()) return s;
+    if (resp.results_size() != 1) {
+      return absl::InternalError(absl::StrCat("get: ", resp.results_size(), " results for 1 key"));
+    }
+    const pb::GetResult& r = resp.results(0);
+    if (!r.found()) return absl::NotFoundError("get: key not found");
+    const uint64_t bytes = r.info().logical_bytes();  // whole chunk, own dtype
+    if (r.region_offset() != slot * stride_ || bytes > options_.shm_slot_bytes) {
+      return absl::InternalError("get: daemon wrote outside the requested slot");
+    }
+    GetReply reply;
+    reply.stored_bytes = r.info().stored_bytes();
+    reply.view = std::span<const uint8_t>(region_.data() + r.region_offset(), bytes);
+    reply.hold = std::move(hold);
+    return reply;
+  }
+
+  absl::StatusOr<uint32_t> Lookup(std::string_view ns,
+                                  std::span<const client::ChunkKey> chain) override {
+    return control_.Lookup(ns, chain);
+  }
+  absl::Status Delete(std::string_view ns, std::span<const client::ChunkKey> keys) override {
+    return control_.Delete(ns, keys);
+  }
+
+ private:
+  uint32_t Acquire() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return !free_.empty(); });
+    const uint32_t slot = free_.back();
+    free_.pop_back();
+    return slot;
+  }
+  void Release(uint32_t slot) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      free_.push_back(slot);
+    }
+    cv_.notify_one();
+  }
+  void SetDeadline(grpc::ClientContext* ctx) const {
+    ctx->set_deadline(std::chrono::system_clock::now() + options_.timeout);
+  }
+
+  const TransportOptions options_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<pb::KvStash::Stub> stub_;
+  GrpcTransport control_;  // Lookup and Delete carry no payload
+  client::SharedRegion region_;
+  const uint64_t stride_;
+  uint64_t id_ = 0;
+  std::string token_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<uint32_t> free_;  // guarded by mu_
+};
+
 }  // namespace
 
 absl::StatusOr<TransportKind> ParseTransport(std::string_view name) {
@@ -131,11 +282,14 @@ std::string_view TransportName(TransportKind kind) {
 
 absl::StatusOr<std::unique_ptr<Transport>> OpenTransport(TransportKind kind,
                                                          const TransportOptions& options) {
-  if (kind != TransportKind::kGrpc) {
+  if (kind == TransportKind::kCudaIpc) {
     const std::string_view name = TransportName(kind);
     return absl::UnimplementedError(absl::StrCat(
         "--transport ", absl::string_view(name.data(), name.size()),
-        ": not implemented yet; only grpc is available (docs/bench.md)"));
+        ": not implemented yet; available: grpc and shm (docs/bench.md)"));
+  }
+  if (kind == TransportKind::kShm && (options.shm_slot_bytes == 0 || options.shm_slots == 0)) {
+    return absl::InvalidArgumentError("shm: slot bytes and slots must be positive");
   }
   if (options.target.empty()) return absl::InvalidArgumentError("--addr: empty");
   if (options.timeout.count() <= 0) return absl::InvalidArgumentError("--timeout: must be positive");
@@ -151,7 +305,16 @@ absl::StatusOr<std::unique_ptr<Transport>> OpenTransport(TransportKind kind,
     return absl::UnavailableError(absl::StrCat("cannot connect to ", options.target, " within ",
                                                options.connect_timeout.count(), " ms"));
   }
-  return std::unique_ptr<Transport>(new GrpcTransport(options, std::move(channel)));
+  if (kind == TransportKind::kGrpc) {
+    return std::unique_ptr<Transport>(new GrpcTransport(options, std::move(channel)));
+  }
+  const uint64_t stride = (options.shm_slot_bytes + 63) & ~uint64_t{63};
+  absl::StatusOr<client::SharedRegion> region =
+      client::SharedRegion::Create(stride * options.shm_slots);
+  if (!region.ok()) return region.status();
+  auto t = std::make_unique<ShmTransport>(options, std::move(channel), std::move(*region), stride);
+  if (absl::Status s = t->Register(); !s.ok()) return s;
+  return std::unique_ptr<Transport>(std::move(t));
 }
 
 }  // namespace kvstash::bench

@@ -1,7 +1,8 @@
 // How kvstash-bench talks to the daemon. A Transport is one connection; the bench opens
-// --connections of them and runs --inflight threads on each. Only gRPC exists today; the
-// shared-memory and CUDA-IPC data paths will be further implementations of this interface
-// (docs/bench.md, "Transports").
+// --connections of them and runs --inflight threads on each. gRPC carries payloads in
+// messages; shm moves them through a shared-memory region registered with the daemon (gRPC
+// stays the control plane). CUDA IPC will be a further implementation (docs/bench.md,
+// "Transports").
 //
 // Thread-safety: a Transport is thread-safe; its calls are independent and each carries the
 // deadline of TransportOptions::timeout.
@@ -10,6 +11,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -37,6 +39,11 @@ struct TransportOptions {
   int max_message_bytes = 256 << 20;
   // How long opening waits for the connection to be ready; Unavailable after. Default 10 s.
   std::chrono::milliseconds connect_timeout{10'000};
+  // shm: the namespace the region is registered under (every call must use it), and the
+  // payload bytes of one in-flight operation; the region holds `shm_slots` such slots.
+  std::string ns = "kvstash-bench";
+  uint64_t shm_slot_bytes = 0;
+  uint32_t shm_slots = 1;
 };
 
 // One chunk to store; `data` ([L][2][T][H][D], shape.dtype) is borrowed for the call.
@@ -47,10 +54,18 @@ struct PutOp {
   std::span<const uint8_t> data;
 };
 
-// A whole decoded chunk (in its own dtype) and its stored size.
+// A whole decoded chunk (in its own dtype) and its stored size. gRPC fills `data`; shm
+// leaves it empty and points `view` into the region, valid while `hold` lives.
 struct GetReply {
   std::string data;
   uint64_t stored_bytes = 0;
+  std::span<const uint8_t> view;
+  std::shared_ptr<void> hold;
+
+  std::span<const uint8_t> bytes() const {
+    if (view.data() != nullptr) return view;
+    return {reinterpret_cast<const uint8_t*>(data.data()), data.size()};
+  }
 };
 
 class Transport {
@@ -69,8 +84,11 @@ class Transport {
 
 // Opens one connection. kGrpc: a gRPC channel with its own TCP connection (channels are
 // not pooled across Transports, so --connections N means N sockets); Unavailable when the
-// daemon does not answer within connect_timeout. kShm, kCudaIpc: Unimplemented, naming the
-// transport (not built yet).
+// daemon does not answer within connect_timeout. kShm: the same, plus a SharedRegion of
+// shm_slots × shm_slot_bytes (64-byte aligned slots) registered for options.ns, unregistered
+// when the transport is destroyed; Put copies the payload into a free slot and sends a
+// RegionRef, Get decodes into a slot (InvalidArgument when shm_slot_bytes is 0).
+// kCudaIpc: Unimplemented (not built yet).
 absl::StatusOr<std::unique_ptr<Transport>> OpenTransport(TransportKind kind,
                                                          const TransportOptions& options);
 

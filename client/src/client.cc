@@ -1,6 +1,13 @@
 #include "kvstash/client/client.h"
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <chrono>
+#include <cstring>
+#include <random>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -117,7 +124,18 @@ class GrpcClient final : public Client {
       ToProto(c.shape, out->mutable_layout());
       out->set_dtype(ToProto(c.shape.dtype));
       if (absl::Status s = ToProto(c.codec, out->mutable_codec()); !s.ok()) return s;
-      out->set_data(c.data.data(), c.data.size());
+      if (c.region != nullptr) {
+        if (!c.data.empty()) {
+          return absl::InvalidArgumentError("data: set together with region (give one)");
+        }
+        pb::RegionRef* ref = out->mutable_data_region();
+        ref->set_region_id(c.region->id);
+        ref->set_token(c.region->token);
+        ref->set_offset(c.region_offset);
+        ref->set_length(c.shape.payload_bytes());
+      } else {
+        out->set_data(c.data.data(), c.data.size());
+      }
     }
     pb::PutResponse resp;
     grpc::ClientContext ctx;
@@ -148,6 +166,18 @@ class GrpcClient final : public Client {
     }
     req.set_output_dtype(ToProto(options.output_dtype));
     req.set_allow_missing(options.allow_missing);
+    if (options.output_region != nullptr) {
+      const Region& r = *options.output_region;
+      if (options.output_offset > r.size) {
+        return absl::InvalidArgumentError("output_offset: past the end of the region");
+      }
+      pb::RegionRef* ref = req.mutable_output_region();
+      ref->set_region_id(r.id);
+      ref->set_token(r.token);
+      ref->set_offset(options.output_offset);
+      ref->set_length(options.output_length != 0 ? options.output_length
+                                                 : r.size - options.output_offset);
+    }
     pb::GetResponse resp;
     grpc::ClientContext ctx;
     SetDeadline(call, &ctx);
@@ -163,6 +193,7 @@ class GrpcClient final : public Client {
       if (out.found) out.info = FromProto(r.info());
       out.dtype = FromProto(r.dtype());
       out.data = std::move(*r.mutable_data());  // the response is heap-allocated: no copy
+      out.region_offset = r.region_offset();
       results.push_back(std::move(out));
     }
     return results;
@@ -223,6 +254,44 @@ class GrpcClient final : public Client {
     out.codec_path = resp.codec_path();
     out.max_message_bytes = resp.max_message_bytes();
     return out;
+  }
+
+  absl::StatusOr<Region> RegisterRegion(std::string_view ns, std::string_view path,
+                                        uint64_t size, uint32_t lease_seconds,
+                                        const CallOptions& call) override {
+    pb::RegisterRegionRequest req;
+    req.set_namespace_(std::string(ns));
+    req.set_path(std::string(path));
+    req.set_size(size);
+    req.set_lease_seconds(lease_seconds);
+    pb::RegisterRegionResponse resp;
+    grpc::ClientContext ctx;
+    SetDeadline(call, &ctx);
+    if (absl::Status s = internal::FromGrpcStatus(stub_->RegisterRegion(&ctx, req, &resp));
+        !s.ok()) {
+      return s;
+    }
+    return Region{resp.region_id(), resp.token(), resp.size(), resp.lease_seconds()};
+  }
+
+  absl::Status UnregisterRegion(const Region& region, const CallOptions& call) override {
+    pb::UnregisterRegionRequest req;
+    req.set_region_id(region.id);
+    req.set_token(region.token);
+    pb::UnregisterRegionResponse resp;
+    grpc::ClientContext ctx;
+    SetDeadline(call, &ctx);
+    return internal::FromGrpcStatus(stub_->UnregisterRegion(&ctx, req, &resp));
+  }
+
+  absl::Status RenewRegion(const Region& region, const CallOptions& call) override {
+    pb::RenewRegionRequest req;
+    req.set_region_id(region.id);
+    req.set_token(region.token);
+    pb::RenewRegionResponse resp;
+    grpc::ClientContext ctx;
+    SetDeadline(call, &ctx);
+    return internal::FromGrpcStatus(stub_->RenewRegion(&ctx, req, &resp));
   }
 
   const std::string& target() const override { return options_.target; }
@@ -286,6 +355,60 @@ absl::StatusOr<GetResult> Client::Get(std::string_view ns, const ChunkKey& key,
                                             " results for 1 key"));
   }
   return std::move(r->front());
+}
+
+// --- SharedRegion ---------------------------------------------------------------------
+
+absl::StatusOr<SharedRegion> SharedRegion::Create(uint64_t size) {
+  if (size == 0) return absl::InvalidArgumentError("size: must be positive");
+  std::random_device rd;
+  SharedRegion r;
+  r.path_ = absl::StrCat("/dev/shm/kvstash-", getpid(), "-", absl::Hex(rd(), absl::kZeroPad8),
+                         absl::Hex(rd(), absl::kZeroPad8));
+  // O_EXCL: never adopt someone else's file; mode 0600: only this user (the daemon's) maps it.
+  r.fd_ = open(r.path_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (r.fd_ < 0) {
+    const int e = errno;
+    r.path_.clear();
+    return absl::InternalError(absl::StrCat("create shared region: ", std::strerror(e)));
+  }
+  if (ftruncate(r.fd_, static_cast<off_t>(size)) != 0) {
+    return absl::InternalError(absl::StrCat("ftruncate ", r.path_, " to ", size, " bytes: ",
+                                            std::strerror(errno)));
+  }
+  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, r.fd_, 0);
+  if (p == MAP_FAILED) {
+    return absl::InternalError(absl::StrCat("mmap ", r.path_, ": ", std::strerror(errno)));
+  }
+  r.data_ = static_cast<uint8_t*>(p);
+  r.size_ = size;
+  return r;
+}
+
+SharedRegion::SharedRegion(SharedRegion&& other) noexcept { *this = std::move(other); }
+
+SharedRegion& SharedRegion::operator=(SharedRegion&& other) noexcept {
+  if (this != &other) {
+    Reset();
+    path_ = std::move(other.path_);
+    other.path_.clear();
+    fd_ = std::exchange(other.fd_, -1);
+    data_ = std::exchange(other.data_, nullptr);
+    size_ = std::exchange(other.size_, 0);
+  }
+  return *this;
+}
+
+SharedRegion::~SharedRegion() { Reset(); }
+
+void SharedRegion::Reset() {
+  if (data_ != nullptr) munmap(data_, size_);
+  if (fd_ >= 0) close(fd_);
+  if (!path_.empty()) unlink(path_.c_str());
+  path_.clear();
+  fd_ = -1;
+  data_ = nullptr;
+  size_ = 0;
 }
 
 }  // namespace kvstash::client

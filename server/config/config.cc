@@ -31,6 +31,7 @@ constexpr uint64_t kTiB = 1ull << 40;
 constexpr uint64_t kMaxMessageLimit = std::numeric_limits<int32_t>::max();
 constexpr uint64_t kMinMessageLimit = 64 * kKiB;
 constexpr uint32_t kMaxWorkerThreads = 1024;
+constexpr uint32_t kMaxRegions = 65536;  // each holds a descriptor and a mapping
 constexpr uint32_t kMaxShards = 4096;
 constexpr uint64_t kMinPageBytes = 4 * kKiB;
 constexpr uint64_t kMaxPageBytes = kGiB;
@@ -124,6 +125,8 @@ constexpr Option kOptions[] = {
     {"server", "shutdown_deadline", "--shutdown-deadline", Kind::kDuration, "DURATION",
      "on SIGTERM, time in-flight requests get before they are cancelled, e.g. 10s, 500ms "
      "(default 10s)"},
+    {"server", "max_regions", "--max-regions", Kind::kUint32, "N",
+     "shared-memory regions registered at once, all clients (default 256)"},
     {"metrics", "listen", "--metrics-listen", Kind::kString, "HOST:PORT",
      "HTTP endpoint for /metrics, /healthz, /readyz; port 0 picks a free port (default "
      "127.0.0.1:7451, or 127.0.0.1:0 when --listen has port 0)"},
@@ -171,6 +174,7 @@ Target TargetOf(const Option& o, DaemonConfig& c) {
   if (name == "server.max_message_bytes") return {.size = &c.max_message_bytes};
   if (name == "server.ready_file") return {.str = &c.ready_file};
   if (name == "server.shutdown_deadline") return {.size = &c.shutdown_deadline_ms};
+  if (name == "server.max_regions") return {.u32 = &c.max_regions};
   if (name == "metrics.listen") return {.str = &c.metrics_listen};
   if (name == "metrics.fidelity_probe_every") return {.u32 = &c.fidelity_probe_every};
   if (name == "host.capacity") return {.size = &c.host_capacity_bytes};
@@ -476,6 +480,7 @@ std::string ConfigToToml(const DaemonConfig& c) {
   absl::StrAppend(&out, "ready_file = ", Quote(c.ready_file), "\n");
   absl::StrAppend(&out, "shutdown_deadline = ", Quote(FormatDuration(c.shutdown_deadline_ms)),
                   "\n");
+  absl::StrAppend(&out, "max_regions = ", c.max_regions, "\n");
   absl::StrAppend(&out, "\n[metrics]\n");
   absl::StrAppend(&out, "listen = ", Quote(c.metrics_listen), "\n");
   absl::StrAppend(&out, "fidelity_probe_every = ", c.fidelity_probe_every, "\n");
@@ -510,6 +515,9 @@ absl::Status ValidateConfig(const DaemonConfig& c) {
     return Invalid("server.worker_threads (--worker-threads)",
                    absl::StrCat(c.worker_threads, " is above ", kMaxWorkerThreads,
                                 " (0 = one per hardware thread)"));
+  if (c.max_regions > kMaxRegions)
+    return Invalid("server.max_regions (--max-regions)",
+                   absl::StrCat(c.max_regions, " is above ", kMaxRegions));
   if (c.max_message_bytes < kMinMessageLimit || c.max_message_bytes > kMaxMessageLimit)
     return Invalid("server.max_message_bytes (--max-message-bytes)",
                    absl::StrCat(c.max_message_bytes, " is outside [",

@@ -33,6 +33,9 @@ struct DaemonConfig {
   // already accepted may run before they are cancelled, in milliseconds (TOML and flag
   // take "10s", "500ms", "2m" or whole seconds). Default 10 s.
   uint64_t shutdown_deadline_ms = 10'000;
+  // [server] max_regions / --max-regions: shared-memory regions registered at once, all
+  // clients together (RegisterRegion; docs/api.md). 0 = none accepted. Default 256.
+  uint32_t max_regions = 256;
   // [metrics] listen / --metrics-listen: HOST:PORT of the HTTP endpoint (/metrics,
   // /healthz, /readyz); port 0 picks a free port, printed as "kvstashd metrics on
   // HOST:PORT". When neither the file nor a flag sets it, "127.0.0.1:7451", or

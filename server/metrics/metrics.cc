@@ -77,6 +77,9 @@ std::string_view MethodName(Method m) {
     case Method::kLookup: return "Lookup";
     case Method::kDelete: return "Delete";
     case Method::kStats: return "Stats";
+    case Method::kRegisterRegion: return "RegisterRegion";
+    case Method::kUnregisterRegion: return "UnregisterRegion";
+    case Method::kRenewRegion: return "RenewRegion";
   }
   return "unknown";
 }
@@ -84,6 +87,7 @@ std::string_view MethodName(Method m) {
 std::string_view TransportName(Transport t) {
   switch (t) {
     case Transport::kGrpc: return "grpc";
+    case Transport::kShm: return "shm";
   }
   return "unknown";
 }
@@ -127,7 +131,8 @@ Metrics::Metrics(const BuildInfo& build) : registry_(std::make_shared<prometheus
   for (int t = 0; t < kNumTransports; ++t) {
     const std::string transport = S(TransportName(static_cast<Transport>(t)));
     in_flight_[t] = &in_flight.Add({{"transport", transport}});
-    regions.Add({{"transport", transport}}).Set(0);
+    regions_[t] = &regions.Add({{"transport", transport}});
+    regions_[t]->Set(0);
     for (int m = 0; m < kNumMethods; ++m) {
       const std::string method = S(MethodName(static_cast<Method>(m)));
       const prometheus::Labels labels = {{"method", method}, {"transport", transport}};
@@ -172,6 +177,10 @@ void Metrics::ObserveRequest(Method method, Transport transport, std::string_vie
 
 void Metrics::AddInFlight(Transport transport, double delta) {
   in_flight_[static_cast<int>(transport)]->Increment(delta);
+}
+
+void Metrics::SetRegisteredRegions(Transport transport, double count) {
+  regions_[static_cast<int>(transport)]->Set(count);
 }
 
 void Metrics::ObserveCodec(CodecOp op, double seconds) {

@@ -30,15 +30,18 @@
 
 namespace kvstash::metrics {
 
-enum class Method { kPut = 0, kGet, kLookup, kDelete, kStats };
-inline constexpr int kNumMethods = 5;
+enum class Method {
+  kPut = 0, kGet, kLookup, kDelete, kStats, kRegisterRegion, kUnregisterRegion, kRenewRegion
+};
+inline constexpr int kNumMethods = 8;
 std::string_view MethodName(Method m);  // "Put", "Get", ...
 
-// How a request reached the daemon. Only gRPC exists today; shared memory and CUDA IPC
-// will be further values.
-enum class Transport { kGrpc = 0 };
-inline constexpr int kNumTransports = 1;
-std::string_view TransportName(Transport t);  // "grpc"
+// How a request's payload reached the daemon: in gRPC messages, or through a registered
+// shared-memory region (Put/Get with a RegionRef, and the region RPCs). CUDA IPC will be a
+// further value.
+enum class Transport { kGrpc = 0, kShm };
+inline constexpr int kNumTransports = 2;
+std::string_view TransportName(Transport t);  // "grpc", "shm"
 
 enum class CodecOp { kEncode = 0, kDecode };
 
@@ -69,6 +72,8 @@ class Metrics {
   void ObserveRequest(Method method, Transport transport, std::string_view code,
                       double seconds, uint64_t bytes_in, uint64_t bytes_out);
   void AddInFlight(Transport transport, double delta);
+  // kvstash_registered_regions{transport}.
+  void SetRegisteredRegions(Transport transport, double count);
   void ObserveCodec(CodecOp op, double seconds);
   // One Lookup: how many leading keys were present.
   void ObserveLookup(uint64_t present_prefix);
@@ -103,6 +108,7 @@ class Metrics {
   prometheus::Family<prometheus::Counter>* probes_;
   std::array<std::array<PerMethod, kNumMethods>, kNumTransports> per_method_;
   std::array<prometheus::Gauge*, kNumTransports> in_flight_;
+  std::array<prometheus::Gauge*, kNumTransports> regions_;
   std::array<prometheus::Histogram*, 2> codec_;
   prometheus::Counter* lookup_hits_;
   prometheus::Counter* lookup_misses_;

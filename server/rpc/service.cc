@@ -191,6 +191,16 @@ absl::Status ValidatePutChunk(const v1::PutChunk& chunk, const std::string& p,
   }
 
   const uint64_t expected = shape.payload_bytes();
+  if (chunk.has_data_region()) {
+    if (!chunk.data().empty())
+      return absl::InvalidArgumentError(
+          absl::StrCat(p, ".data: set together with data_region (give one)"));
+    if (chunk.data_region().length() != expected)
+      return absl::InvalidArgumentError(absl::StrCat(
+          p, ".data_region.length: ", chunk.data_region().length(), " bytes, expected ",
+          expected, " for this layout and dtype"));
+    return absl::OkStatus();
+  }
   if (chunk.data().size() != expected)
     return absl::InvalidArgumentError(absl::StrCat(p, ".data: ", chunk.data().size(),
                                                    " bytes, expected ", expected,
@@ -201,6 +211,16 @@ absl::Status ValidatePutChunk(const v1::PutChunk& chunk, const std::string& p,
 std::span<const uint8_t> Bytes(const std::string& s) {
   return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
 }
+
+absl::StatusOr<RegionPin> PinRef(RegionRegistry* regions, std::string_view ns,
+                                 const v1::RegionRef& ref, const std::string& field) {
+  if (regions == nullptr)
+    return absl::FailedPreconditionError(
+        absl::StrCat(field, ": shared-memory regions are not available in this service"));
+  return regions->Acquire(ns, ref.region_id(), ref.token(), ref.offset(), ref.length(), field);
+}
+
+constexpr uint64_t AlignUp64(uint64_t x) { return (x + 63) & ~uint64_t{63}; }
 
 }  // namespace
 
@@ -245,9 +265,29 @@ absl::Status ValidateDeleteRequest(const v1::DeleteRequest& request,
 // --- Handlers -----------------------------------------------------------------------------
 
 absl::Status HandlePut(store::Store& store, const ServiceOptions& options,
-                       const v1::PutRequest& request, v1::PutResponse* response) {
+                       const v1::PutRequest& request, v1::PutResponse* response,
+                       RegionRegistry* regions) {
   if (absl::Status s = ValidatePutRequest(request, options); !s.ok()) return s;
   const int n = request.chunks_size();
+
+  // Every region is pinned (checked: token, namespace, bounds, size) before anything is
+  // stored, and stays mapped until the call ends even if it is unregistered meanwhile.
+  // The store encodes from the mapping into its own pages before publishing, so a chunk is
+  // whole even when the client writes the range concurrently (it then gets what it wrote).
+  std::vector<RegionPin> pins(n);
+  std::vector<std::span<const uint8_t>> payloads(n);
+  for (int i = 0; i < n; ++i) {
+    const v1::PutChunk& c = request.chunks(i);
+    if (!c.has_data_region()) {
+      payloads[i] = Bytes(c.data());
+      continue;
+    }
+    absl::StatusOr<RegionPin> pin =
+        PinRef(regions, c.namespace_(), c.data_region(), absl::StrCat("chunks[", i, "].data_region"));
+    if (!pin.ok()) return pin.status();
+    pins[i] = std::move(*pin);
+    payloads[i] = {pins[i].data(), pins[i].size()};
+  }
 
   // Values are checked here too so that a NaN in chunk 5 stores nothing at all. A lone
   // chunk needs no pre-scan: the store validates before it changes anything.
@@ -256,7 +296,7 @@ absl::Status HandlePut(store::Store& store, const ServiceOptions& options,
       const v1::PutChunk& c = request.chunks(i);
       const ChunkShape shape = ToShape(c.layout(), c.dtype());
       if (absl::Status s = kernels::ValidateInput(
-              shape, reinterpret_cast<const uint16_t*>(c.data().data()));
+              shape, reinterpret_cast<const uint16_t*>(payloads[i].data()));
           !s.ok())
         return WithPrefix(absl::StrCat("chunks[", i, "]"), s);
     }
@@ -268,7 +308,7 @@ absl::Status HandlePut(store::Store& store, const ServiceOptions& options,
     const ChunkShape shape = ToShape(c.layout(), c.dtype());
     const CodecConfig config = ToCodecConfig(c.codec(), shape.num_layers);
     absl::StatusOr<store::ChunkInfo> info =
-        store.Put(c.namespace_(), ToStoreKey(c.key()), shape, config, Bytes(c.data()));
+        store.Put(c.namespace_(), ToStoreKey(c.key()), shape, config, payloads[i]);
     if (!info.ok()) {
       absl::Status s = WithPrefix(absl::StrCat("chunks[", i, "]"), info.status());
       if (i > 0) {
@@ -286,8 +326,18 @@ absl::Status HandlePut(store::Store& store, const ServiceOptions& options,
 }
 
 absl::Status HandleGet(store::Store& store, const ServiceOptions& options,
-                       const v1::GetRequest& request, v1::GetResponse* response) {
+                       const v1::GetRequest& request, v1::GetResponse* response,
+                       RegionRegistry* regions) {
   if (absl::Status s = ValidateGetRequest(request, options); !s.ok()) return s;
+  const bool to_region = request.has_output_region();
+  RegionPin out_pin;
+  if (to_region) {
+    absl::StatusOr<RegionPin> pin =
+        PinRef(regions, request.namespace_(), request.output_region(), "output_region");
+    if (!pin.ok()) return pin.status();
+    out_pin = std::move(*pin);
+  }
+  const uint64_t region_begin = request.output_region().offset();
   const std::string& ns = request.namespace_();
   const int n = request.keys_size();
   const kernels::Slice slice{request.layers().begin(), request.layers().end(),
@@ -297,6 +347,7 @@ absl::Status HandleGet(store::Store& store, const ServiceOptions& options,
   // oversized Get fails fast instead of after seconds of decoding.
   std::vector<std::optional<store::ChunkInfo>> described(n);
   uint64_t total = 16;
+  uint64_t region_used = 0;  // with output_region: bytes from its offset to the last end
   for (int i = 0; i < n; ++i) {
     total += kGetResultOverheadBytes;
     const v1::ChunkKey& key = request.keys(i);
@@ -322,17 +373,28 @@ absl::Status HandleGet(store::Store& store, const ServiceOptions& options,
           " heads of the chunk at keys[", i, "]"));
     absl::StatusOr<kernels::Slice> resolved = kernels::ResolveSlice(shape, slice);
     if (!resolved.ok()) return WithPrefix(absl::StrCat("keys[", i, "]"), resolved.status());
-    total += kernels::DecodedBytes(shape, *resolved);
+    const uint64_t bytes = kernels::DecodedBytes(shape, *resolved);
+    if (to_region) {
+      region_used = AlignUp64(region_used) + bytes;
+    } else {
+      total += bytes;
+    }
     described[i] = *info;
   }
+  if (to_region && region_used > out_pin.size())
+    return absl::InvalidArgumentError(absl::StrCat(
+        "output_region.length: ", out_pin.size(), " bytes, but the ", n,
+        " results need ", region_used,
+        " (each starts at a multiple of 64 bytes)"));
   if (total > options.max_message_bytes)
     return absl::ResourceExhaustedError(absl::StrCat(
         "response would be ", total, " bytes for ", n, " keys, ",
         total - options.max_message_bytes, " bytes over max_message_bytes (",
         options.max_message_bytes, "); ask for fewer keys per Get or a layer range (layers)"));
 
-  // Pass 2: decode each slice straight into its result's bytes field.
+  // Pass 2: decode each slice straight into its result's bytes field (or the region).
   response->mutable_results()->Reserve(n);
+  uint64_t cursor = 0;
   for (int i = 0; i < n; ++i) {
     const v1::ChunkKey& key = request.keys(i);
     v1::GetResult* result = response->add_results();
@@ -347,6 +409,17 @@ absl::Status HandleGet(store::Store& store, const ServiceOptions& options,
       data->resize(bytes);
       return reinterpret_cast<uint8_t*>(data->data());
     };
+    if (to_region) {
+      // Consecutive 64-byte-aligned offsets; a chunk replaced by a larger one since pass 1
+      // gets null (ResourceExhausted from the store) rather than a write past the range.
+      alloc = [&, result](uint64_t bytes) -> uint8_t* {
+        const uint64_t at = AlignUp64(cursor);  // relative to output_region.offset
+        if (bytes > out_pin.size() || at > out_pin.size() - bytes) return nullptr;
+        cursor = at + bytes;
+        result->set_region_offset(region_begin + at);
+        return out_pin.data() + at;
+      };
+    }
     absl::StatusOr<store::ChunkInfo> info =
         store.Get(ns, ToStoreKey(key), slice, out, alloc);
     if (!info.ok()) {
@@ -428,6 +501,21 @@ void HandleStats(const store::Store& store, const ServiceOptions& options,
   response->set_max_message_bytes(options.max_message_bytes);
 }
 
+absl::Status HandleRegisterRegion(RegionRegistry& regions, const ServiceOptions& options,
+                                  const v1::RegisterRegionRequest& request,
+                                  v1::RegisterRegionResponse* response) {
+  if (absl::Status s = ValidateNamespace(request.namespace_(), "namespace", options); !s.ok())
+    return s;
+  absl::StatusOr<RegionRegistry::Registered> r = regions.Register(
+      request.namespace_(), request.path(), request.size(), request.lease_seconds());
+  if (!r.ok()) return r.status();
+  response->set_region_id(r->region_id);
+  response->set_token(r->token);
+  response->set_size(r->size);
+  response->set_lease_seconds(r->lease_seconds);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<FidelityError> ProbeFidelity(store::Store& store, std::string_view ns,
                                             const store::ChunkKey& key,
                                             const ChunkShape& shape,
@@ -473,15 +561,24 @@ absl::StatusOr<FidelityError> ProbeFidelity(store::Store& store, std::string_vie
 
 KvStashService::KvStashService(store::Store* store, const ServiceOptions& options,
                                metrics::Metrics* metrics)
-    : store_(store), options_(options), metrics_(metrics), pool_(options.worker_threads) {}
+    : store_(store),
+      options_(options),
+      metrics_(metrics),
+      regions_(options.regions, nullptr,
+               [metrics](size_t n) {
+                 if (metrics != nullptr)
+                   metrics->SetRegisteredRegions(metrics::Transport::kShm, static_cast<double>(n));
+               }),
+      pool_(options.worker_threads) {}
 
 KvStashService::~KvStashService() = default;
 
 KvStashService::Call KvStashService::Begin(metrics::Method method,
-                                           const google::protobuf::Message& request) {
-  Call call{method, Clock::now(), 0};
+                                           const google::protobuf::Message& request,
+                                           metrics::Transport transport) {
+  Call call{method, Clock::now(), 0, transport};
   if (metrics_ != nullptr) {
-    metrics_->AddInFlight(metrics::Transport::kGrpc, 1);
+    metrics_->AddInFlight(transport, 1);
     call.bytes_in = request.ByteSizeLong();
   }
   return call;
@@ -504,6 +601,8 @@ std::function<void()> KvStashService::AfterPut(const v1::PutRequest& request,
   }
   const uint64_t every = options_.fidelity_probe_every;
   if (every == 0 || request.chunks_size() == 0 || response.results_size() == 0) return nullptr;
+  // A payload in a client's region may change after the reply: nothing stable to compare.
+  if (request.chunks(0).has_data_region()) return nullptr;
   if (puts_ok_.fetch_add(1, std::memory_order_relaxed) % every != every - 1) return nullptr;
 
   // The probe outlives the call, so it takes what it needs: the first chunk's identity,
@@ -542,9 +641,9 @@ void KvStashService::Finish(grpc::ServerUnaryReactor* reactor, const Call& call,
     const double seconds = std::chrono::duration<double>(Clock::now() - call.start).count();
     const uint64_t bytes_out = status.ok() && response != nullptr ? response->ByteSizeLong() : 0;
     const std::string code = absl::StatusCodeToString(status.code());
-    metrics_->ObserveRequest(call.method, metrics::Transport::kGrpc, code, seconds,
-                             call.bytes_in, bytes_out);
-    metrics_->AddInFlight(metrics::Transport::kGrpc, -1);
+    metrics_->ObserveRequest(call.method, call.transport, code, seconds, call.bytes_in,
+                             bytes_out);
+    metrics_->AddInFlight(call.transport, -1);
   }
   switch (status.code()) {
     case absl::StatusCode::kOk:
@@ -568,7 +667,10 @@ grpc::ServerUnaryReactor* KvStashService::Put(grpc::CallbackServerContext* conte
                                               const v1::PutRequest* request,
                                               v1::PutResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  const Call call = Begin(metrics::Method::kPut, *request);
+  bool shm = false;
+  for (const v1::PutChunk& c : request->chunks()) shm = shm || c.has_data_region();
+  const Call call = Begin(metrics::Method::kPut, *request,
+                          shm ? metrics::Transport::kShm : metrics::Transport::kGrpc);
   if (RefuseIfDraining(reactor, call)) return reactor;
   // request, response and context stay valid until the reactor is finished.
   pool_.Submit([this, context, request, response, reactor, call] {
@@ -577,7 +679,7 @@ grpc::ServerUnaryReactor* KvStashService::Put(grpc::CallbackServerContext* conte
       return;
     }
     const Clock::time_point start = Clock::now();
-    const absl::Status status = HandlePut(*store_, options_, *request, response);
+    const absl::Status status = HandlePut(*store_, options_, *request, response, &regions_);
     if (metrics_ != nullptr)
       metrics_->ObserveCodec(metrics::CodecOp::kEncode,
                              std::chrono::duration<double>(Clock::now() - start).count());
@@ -594,7 +696,9 @@ grpc::ServerUnaryReactor* KvStashService::Get(grpc::CallbackServerContext* conte
                                               const v1::GetRequest* request,
                                               v1::GetResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  const Call call = Begin(metrics::Method::kGet, *request);
+  const Call call = Begin(metrics::Method::kGet, *request,
+                          request->has_output_region() ? metrics::Transport::kShm
+                                                       : metrics::Transport::kGrpc);
   if (RefuseIfDraining(reactor, call)) return reactor;
   pool_.Submit([this, context, request, response, reactor, call] {
     if (context->IsCancelled()) {
@@ -602,7 +706,7 @@ grpc::ServerUnaryReactor* KvStashService::Get(grpc::CallbackServerContext* conte
       return;
     }
     const Clock::time_point start = Clock::now();
-    const absl::Status status = HandleGet(*store_, options_, *request, response);
+    const absl::Status status = HandleGet(*store_, options_, *request, response, &regions_);
     if (metrics_ != nullptr)
       metrics_->ObserveCodec(metrics::CodecOp::kDecode,
                              std::chrono::duration<double>(Clock::now() - start).count());
@@ -639,8 +743,41 @@ grpc::ServerUnaryReactor* KvStashService::Stats(grpc::CallbackServerContext* con
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   const Call call = Begin(metrics::Method::kStats, *request);
   if (RefuseIfDraining(reactor, call)) return reactor;
+  regions_.Sweep();  // expired regions leave the gauge even when no region call comes
   HandleStats(*store_, options_, response);
   Finish(reactor, call, response, absl::OkStatus());
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* KvStashService::RegisterRegion(
+    grpc::CallbackServerContext* context, const v1::RegisterRegionRequest* request,
+    v1::RegisterRegionResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  const Call call = Begin(metrics::Method::kRegisterRegion, *request, metrics::Transport::kShm);
+  if (RefuseIfDraining(reactor, call)) return reactor;
+  Finish(reactor, call, response, HandleRegisterRegion(regions_, options_, *request, response));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* KvStashService::UnregisterRegion(
+    grpc::CallbackServerContext* context, const v1::UnregisterRegionRequest* request,
+    v1::UnregisterRegionResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  const Call call = Begin(metrics::Method::kUnregisterRegion, *request, metrics::Transport::kShm);
+  if (RefuseIfDraining(reactor, call)) return reactor;
+  Finish(reactor, call, response, regions_.Unregister(request->region_id(), request->token()));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* KvStashService::RenewRegion(grpc::CallbackServerContext* context,
+                                                      const v1::RenewRegionRequest* request,
+                                                      v1::RenewRegionResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  const Call call = Begin(metrics::Method::kRenewRegion, *request, metrics::Transport::kShm);
+  if (RefuseIfDraining(reactor, call)) return reactor;
+  absl::StatusOr<uint32_t> lease = regions_.Renew(request->region_id(), request->token());
+  if (lease.ok()) response->set_lease_seconds(*lease);
+  Finish(reactor, call, response, lease.status());
   return reactor;
 }
 

@@ -28,6 +28,7 @@
 #include "kvstash/v1/kvstash.grpc.pb.h"
 #include "kvstash/v1/kvstash.pb.h"
 #include "server/metrics/metrics.h"
+#include "server/rpc/region_registry.h"
 #include "server/rpc/worker_pool.h"
 #include "server/store/store.h"
 
@@ -46,6 +47,8 @@ struct ServiceOptions {
   // reply, on the worker, and record its relative error. 0 = never. Needs metrics.
   // Default 64.
   uint32_t fidelity_probe_every = 64;
+  // Shared-memory regions (RegisterRegion; docs/api.md, "Shared-memory regions").
+  RegionOptions regions;
 };
 
 // --- Handler logic, no gRPC types -------------------------------------------------------
@@ -63,14 +66,23 @@ absl::Status ValidateDeleteRequest(const v1::DeleteRequest& request,
 
 // Validates the whole request (including NaN/Inf in every payload), then stores the chunks
 // in order, each atomically. On a storage error the chunks before the failing index stay
-// stored and the message names the failing index.
+// stored and the message names the failing index. A chunk with data_region is read from
+// that region of `regions` (pinned for the call; RegionRegistry::Acquire's errors, named
+// "chunks[i].data_region..."); FailedPrecondition when `regions` is null.
 absl::Status HandlePut(store::Store& store, const ServiceOptions& options,
-                       const v1::PutRequest& request, v1::PutResponse* response);
-// Decodes each key's slice straight into its result's `data` string. NotFound for a missing
-// key unless allow_missing; ResourceExhausted when the response would exceed
-// options.max_message_bytes (checked before anything is decoded).
+                       const v1::PutRequest& request, v1::PutResponse* response,
+                       RegionRegistry* regions = nullptr);
+// Decodes each key's slice straight into its result's `data` string, or with output_region
+// into that region of `regions` (consecutive 64-byte-aligned offsets, region_offset set).
+// NotFound for a missing key unless allow_missing; ResourceExhausted when the response
+// would exceed options.max_message_bytes, InvalidArgument when the output would not fit in
+// output_region.length (both checked before anything is decoded).
 absl::Status HandleGet(store::Store& store, const ServiceOptions& options,
-                       const v1::GetRequest& request, v1::GetResponse* response);
+                       const v1::GetRequest& request, v1::GetResponse* response,
+                       RegionRegistry* regions = nullptr);
+absl::Status HandleRegisterRegion(RegionRegistry& regions, const ServiceOptions& options,
+                                  const v1::RegisterRegionRequest& request,
+                                  v1::RegisterRegionResponse* response);
 absl::Status HandleLookup(store::Store& store, const ServiceOptions& options,
                           const v1::LookupRequest& request, v1::LookupResponse* response);
 absl::Status HandleDelete(store::Store& store, const ServiceOptions& options,
@@ -126,6 +138,18 @@ class KvStashService final : public v1::KvStash::CallbackService {
   grpc::ServerUnaryReactor* Stats(grpc::CallbackServerContext* context,
                                   const v1::StatsRequest* request,
                                   v1::StatsResponse* response) override;
+  // Region RPCs are short (open, fstat, mmap of a tmpfs file) and run on the callback thread.
+  grpc::ServerUnaryReactor* RegisterRegion(grpc::CallbackServerContext* context,
+                                           const v1::RegisterRegionRequest* request,
+                                           v1::RegisterRegionResponse* response) override;
+  grpc::ServerUnaryReactor* UnregisterRegion(grpc::CallbackServerContext* context,
+                                             const v1::UnregisterRegionRequest* request,
+                                             v1::UnregisterRegionResponse* response) override;
+  grpc::ServerUnaryReactor* RenewRegion(grpc::CallbackServerContext* context,
+                                        const v1::RenewRegionRequest* request,
+                                        v1::RenewRegionResponse* response) override;
+
+  RegionRegistry& regions() { return regions_; }
 
  private:
   using Clock = std::chrono::steady_clock;
@@ -134,9 +158,11 @@ class KvStashService final : public v1::KvStash::CallbackService {
     metrics::Method method;
     Clock::time_point start;
     uint64_t bytes_in = 0;
+    metrics::Transport transport = metrics::Transport::kGrpc;
   };
   // Starts accounting for a call (in-flight gauge, start time, request size).
-  Call Begin(metrics::Method method, const google::protobuf::Message& request);
+  Call Begin(metrics::Method method, const google::protobuf::Message& request,
+             metrics::Transport transport = metrics::Transport::kGrpc);
   // Finishes the reactor with UNAVAILABLE and returns true when draining.
   bool RefuseIfDraining(grpc::ServerUnaryReactor* reactor, const Call& call);
   // Logs failures worth an operator's attention, records the call, then finishes.
@@ -154,6 +180,7 @@ class KvStashService final : public v1::KvStash::CallbackService {
   metrics::Metrics* const metrics_;
   std::atomic<bool> draining_{false};
   std::atomic<uint64_t> puts_ok_{0};  // successful Puts, for the probe's sampling
+  RegionRegistry regions_;
   WorkerPool pool_;  // last: destroyed (drained and joined) first
 };
 

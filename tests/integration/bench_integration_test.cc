@@ -114,16 +114,27 @@ TEST_F(BenchIntegrationTest, MixedAndLookupWithBaseline) {
   EXPECT_EQ(Field(r.out, "mismatches", "verify"), "0");
 }
 
+TEST_F(BenchIntegrationTest, ShmTransportVerifiesAndReportsMemcpyBaseline) {
+  BenchResult r = Run(absl::StrCat("--transport shm --workload mixed --ratio 1:1 --count 16 ",
+                                   "-c 2 -i 2 --verify --json ", kSmall));
+  ASSERT_EQ(r.code, 0) << r.out << r.err;
+  EXPECT_EQ(Field(r.out, "transport"), "shm") << r.out;
+  EXPECT_EQ(Field(r.out, "ops", "put"), "8") << r.out;
+  EXPECT_EQ(Field(r.out, "ops", "get"), "8");
+  EXPECT_EQ(Field(r.out, "mismatches", "verify"), "0");
+  EXPECT_EQ(Field(r.out, "copies", "memcpy_baseline"), "16") << r.out;
+}
+
 TEST_F(BenchIntegrationTest, TextReportAndUsageErrors) {
   BenchResult r = Run(absl::StrCat("--workload put --count 3 ", kSmall));
   ASSERT_EQ(r.code, 0) << r.out << r.err;
   EXPECT_NE(r.out.find("logical GB/s"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("put "), std::string::npos);
 
-  r = Run("--transport shm --count 1 --json");
+  r = Run("--transport cuda-ipc --count 1 --json");
   EXPECT_EQ(r.code, 2) << r.out << r.err;
   EXPECT_EQ(Field(r.out, "code"), "UNIMPLEMENTED") << r.out;
-  EXPECT_NE(r.err.find("only grpc"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("grpc and shm"), std::string::npos) << r.err;
 
   r = Run("--workload scan");
   EXPECT_EQ(r.code, 2) << r.err;

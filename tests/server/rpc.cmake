@@ -14,6 +14,9 @@ if(TARGET kvstash_rpc AND TARGET kvstash_store)
   kvstash_test(rpc_service_test
     SOURCES ${CMAKE_CURRENT_LIST_DIR}/rpc_service_test.cc
     DEPS kvstash_rpc kvstash_store kvstash_codec)
+  kvstash_test(region_registry_test
+    SOURCES ${CMAKE_CURRENT_LIST_DIR}/region_registry_test.cc
+    DEPS kvstash_rpc)
   kvstash_test(rpc_roundtrip_test
     SOURCES ${CMAKE_CURRENT_LIST_DIR}/rpc_roundtrip_test.cc
     DEPS kvstash_rpc kvstash_store kvstash_codec)

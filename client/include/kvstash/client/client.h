@@ -75,12 +75,25 @@ struct ChunkInfo {
   }
 };
 
+// A shared-memory region registered with the daemon (Client::RegisterRegion; docs/api.md,
+// "Shared-memory regions"). Usable only with the namespace it was registered under.
+struct Region {
+  uint64_t id = 0;
+  std::string token;                   // ownership proof, sent with every use
+  uint64_t size = 0;                   // bytes the daemon mapped
+  uint32_t lease_seconds = 0;          // expires this long after registering or renewing
+};
+
 // One chunk to store. `data` is borrowed for the duration of the call.
 struct PutChunk {
   ChunkKey key;
   kernels::ChunkShape shape;           // payload layout [L][2][T][H][D] in shape.dtype
   Codec codec;
   std::span<const uint8_t> data;       // exactly shape.payload_bytes() bytes
+  // Instead of `data` (which must then be empty): the daemon reads shape.payload_bytes()
+  // bytes at `region_offset` of this registered region. Not owned; must outlive the call.
+  const Region* region = nullptr;
+  uint64_t region_offset = 0;
 };
 
 struct PutResult {
@@ -97,6 +110,13 @@ struct GetOptions {
   // false: one missing key fails the whole call with NotFound. true: missing keys come
   // back with found == false.
   bool allow_missing = false;
+  // When set, the daemon writes the decoded bytes into this registered region instead of
+  // the reply: the first found result at output_offset, each next one at the following
+  // multiple of 64 bytes past output_offset (GetResult::region_offset); all must fit in
+  // output_length bytes (0 = to the end of the region). Not owned; must outlive the call.
+  const Region* output_region = nullptr;
+  uint64_t output_offset = 0;
+  uint64_t output_length = 0;
 };
 
 struct GetResult {
@@ -104,8 +124,11 @@ struct GetResult {
   bool found = false;
   ChunkInfo info;                      // the whole stored chunk
   kernels::DType dtype = kernels::DType::kUnspecified;  // dtype of data
-  // [l1-l0][2][T][h1-h0][D] 16-bit little-endian values of the requested slice.
+  // [l1-l0][2][T][h1-h0][D] 16-bit little-endian values of the requested slice; empty
+  // with GetOptions::output_region.
   std::string data;
+  // With GetOptions::output_region: where in the region the slice was written.
+  uint64_t region_offset = 0;
 };
 
 struct DeleteResult {
@@ -175,8 +198,46 @@ class Client {
 
   virtual absl::StatusOr<StoreStats> Stats(const CallOptions& call = {}) = 0;
 
+  // Registers `path` (an existing file under /dev/shm owned by the daemon's user, at least
+  // `size` bytes; see SharedRegion) for zero-copy Put/Get in namespace `ns`. lease_seconds
+  // 0 = the daemon's default (300 s). Errors: docs/api.md, "RegisterRegion".
+  virtual absl::StatusOr<Region> RegisterRegion(std::string_view ns, std::string_view path,
+                                                uint64_t size, uint32_t lease_seconds = 0,
+                                                const CallOptions& call = {}) = 0;
+  // Releases the region; requests already using it finish first.
+  virtual absl::Status UnregisterRegion(const Region& region, const CallOptions& call = {}) = 0;
+  // Restarts the region's lease.
+  virtual absl::Status RenewRegion(const Region& region, const CallOptions& call = {}) = 0;
+
   // The target this client talks to.
   virtual const std::string& target() const = 0;
+};
+
+// A shared-memory file the client creates for RegisterRegion: /dev/shm/kvstash-<pid>-<random>,
+// mode 0600, `size` bytes, mapped read-write. The file is unlinked and unmapped on
+// destruction (unregister it first; the daemon's mapping keeps the memory alive until then).
+// Move-only; not thread-safe itself, but its bytes may be used from any thread.
+class SharedRegion {
+ public:
+  // InvalidArgument for size 0; Internal with the errno text when the file cannot be made.
+  static absl::StatusOr<SharedRegion> Create(uint64_t size);
+  SharedRegion() = default;
+  SharedRegion(SharedRegion&& other) noexcept;
+  SharedRegion& operator=(SharedRegion&& other) noexcept;
+  SharedRegion(const SharedRegion&) = delete;
+  SharedRegion& operator=(const SharedRegion&) = delete;
+  ~SharedRegion();
+
+  const std::string& path() const { return path_; }
+  uint8_t* data() const { return data_; }
+  uint64_t size() const { return size_; }
+
+ private:
+  void Reset();
+  std::string path_;
+  int fd_ = -1;
+  uint8_t* data_ = nullptr;
+  uint64_t size_ = 0;
 };
 
 }  // namespace kvstash::client

@@ -1,0 +1,143 @@
+// Shared-memory regions registered by same-host clients (docs/api.md, "Shared-memory
+// regions"). A region is a file under /dev/shm that the client created and the daemon maps
+// MAP_SHARED; Put reads payloads from it and Get writes decoded output into it, so payload
+// bytes never travel in gRPC messages.
+//
+// Ownership: Register returns an id and a random 128-bit token; every use must present both
+// and the namespace the region was registered under (PermissionDenied otherwise). Regions
+// expire when their lease runs out without RenewRegion; expired regions are swept on every
+// call into the registry.
+//
+// Lifetime: Acquire returns a RegionPin that keeps the mapping alive (a reference count):
+// Unregister or expiry during a request only removes the region from the index, and the
+// mapping is unmapped when the last pin is dropped.
+//
+// Residual race (documented, not prevented): the file's size is checked with fstat before
+// every use, but a client that truncates the file *while* a request reads or writes the
+// range makes the daemon touch unbacked pages (SIGBUS). Clients must not truncate a
+// registered region; its owner is the only one who can (the file must be owned by the
+// daemon's user, mode set by the client).
+//
+// Thread-safe: every method may be called concurrently.
+#ifndef KVSTASH_SERVER_RPC_REGION_REGISTRY_H_
+#define KVSTASH_SERVER_RPC_REGION_REGISTRY_H_
+
+#include <sys/stat.h>
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+
+namespace kvstash::rpc {
+
+struct RegionOptions {
+  // Regions registered at once, all clients together; more → ResourceExhausted. Default 256.
+  uint32_t max_regions = 256;
+  // Lease given when a request asks for 0 seconds. Default 300 s.
+  uint32_t default_lease_seconds = 300;
+  // Longest lease granted; longer requests are cut to it. Default 3600 s.
+  uint32_t max_lease_seconds = 3600;
+  // Directory every region must resolve into (after realpath). Default "/dev/shm".
+  std::string root = "/dev/shm";
+};
+
+// Checks the fstat of a region file: a regular file, owned by `euid`, at least `size`
+// bytes. FailedPrecondition naming `path` and what is wrong, PermissionDenied for another
+// owner. Separate so the ownership rule is testable without a second user.
+absl::Status CheckRegionFile(const struct stat& st, uid_t euid, uint64_t size,
+                             std::string_view path);
+
+namespace internal {
+struct Region;
+}
+
+// A pinned byte range of a registered region; keeps the mapping alive while held.
+// Move-only.
+class RegionPin {
+ public:
+  RegionPin() = default;
+  RegionPin(std::shared_ptr<internal::Region> region, uint8_t* data, uint64_t size)
+      : region_(std::move(region)), data_(data), size_(size) {}
+  uint8_t* data() const { return data_; }
+  uint64_t size() const { return size_; }
+
+ private:
+  std::shared_ptr<internal::Region> region_;
+  uint8_t* data_ = nullptr;
+  uint64_t size_ = 0;
+};
+
+class RegionRegistry {
+ public:
+  using Clock = std::chrono::steady_clock;
+
+  struct Registered {
+    uint64_t region_id = 0;
+    std::string token;
+    uint64_t size = 0;
+    uint32_t lease_seconds = 0;
+  };
+
+  // `now` (default steady_clock::now) is injectable for lease tests; `on_count` is called
+  // with the number of registered regions whenever it changes (the metrics gauge).
+  explicit RegionRegistry(const RegionOptions& options,
+                          std::function<Clock::time_point()> now = nullptr,
+                          std::function<void(size_t)> on_count = nullptr);
+  ~RegionRegistry();
+  RegionRegistry(const RegionRegistry&) = delete;
+  RegionRegistry& operator=(const RegionRegistry&) = delete;
+
+  // Opens `path` (O_RDWR|O_NOFOLLOW), checks it (absolute, resolves under options.root, a
+  // regular file of the daemon's user, at least `size` bytes) and maps `size` bytes.
+  // InvalidArgument (ns empty, path not absolute or outside the root, size 0), NotFound (no
+  // such file), PermissionDenied (another user's file, or not openable), FailedPrecondition
+  // (not a regular file, shorter than size), ResourceExhausted (max_regions reached).
+  absl::StatusOr<Registered> Register(std::string_view ns, std::string_view path,
+                                      uint64_t size, uint32_t lease_seconds);
+  // NotFound (unknown or expired id), PermissionDenied (wrong token). The mapping goes when
+  // the last in-flight request using it ends.
+  absl::Status Unregister(uint64_t region_id, std::string_view token);
+  // Restarts the lease; returns its length in seconds. Errors as Unregister.
+  absl::StatusOr<uint32_t> Renew(uint64_t region_id, std::string_view token);
+
+  // Pins [offset, offset + length) of the region for one request. `field` (e.g.
+  // "chunks[2].data_region") prefixes every message. NotFound (unknown or expired id),
+  // PermissionDenied (wrong token or namespace), InvalidArgument (range outside the
+  // region), FailedPrecondition (the file was truncated below the mapped size).
+  absl::StatusOr<RegionPin> Acquire(std::string_view ns, uint64_t region_id,
+                                    std::string_view token, uint64_t offset, uint64_t length,
+                                    std::string_view field);
+
+  // Drops expired regions now (also done by every call above).
+  void Sweep();
+  size_t size() const;
+
+ private:
+  void SweepLocked(Clock::time_point now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ReportCount() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<std::shared_ptr<internal::Region>> FindLocked(uint64_t region_id,
+                                                               std::string_view token,
+                                                               std::string_view field)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const RegionOptions options_;
+  const std::function<Clock::time_point()> now_;
+  const std::function<void(size_t)> on_count_;
+  mutable absl::Mutex mu_;
+  uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  std::map<uint64_t, std::shared_ptr<internal::Region>> regions_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace kvstash::rpc
+
+#endif  // KVSTASH_SERVER_RPC_REGION_REGISTRY_H_

@@ -240,6 +240,14 @@ inline bool Aligned(const void* p, uintptr_t a) {
   return (reinterpret_cast<uintptr_t>(p) & (a - 1)) == 0;
 }
 
+// What the launchers can check of a paged view on the host (the plane pointers and block
+// ids are device data, checked by the caller).
+inline bool PagedOk(const PagedView& v) {
+  return v.planes != nullptr && Aligned(v.planes, 8) && v.block_ids != nullptr &&
+         Aligned(v.block_ids, 4) && v.block_size >= 1 && v.first_slot < v.block_size &&
+         v.block_stride % 8 == 0;
+}
+
 inline unsigned BlocksFor(uint64_t items) {
   return static_cast<unsigned>((items + kThreads - 1) / kThreads);
 }

@@ -28,6 +28,65 @@ CudaGeometry GeometryOf(const ChunkLayout& layout) {
   return g;
 }
 
+namespace {
+
+// Where flat element `index` of the contiguous layout lives in the paged input.
+const uint16_t* PagedElement(const ChunkShape& s, const PagedInput& in, uint64_t index) {
+  const uint64_t hd = uint64_t{s.num_heads} * s.head_dim;
+  const uint64_t col = index % hd;
+  const uint64_t t = index / hd % s.num_tokens;
+  const uint64_t lx = index / hd / s.num_tokens;
+  const uint64_t slot = in.view.first_slot + t;
+  const uint32_t block = in.host_block_ids[slot / in.view.block_size];
+  return in.host_planes[lx] + uint64_t{block} * in.view.block_stride +
+         slot % in.view.block_size * hd + col;
+}
+
+// Launches and finishes one encode: ep's input and check are set; copies the flag and
+// sections back, then seals the chunk or reports the first bad element, read from `at`.
+template <class ElementAt>
+absl::Status RunEncode(const ChunkLayout& layout, EncodeParams& ep, unsigned long long* d_flag,
+                       cudaStream_t stream, uint8_t* host_out, ElementAt at) {
+  uint8_t* d_out = ep.out;
+  KVSTASH_CUDA_RETURN_IF_ERROR(LaunchEncode(ep, stream), "gpu encode: launch");
+  unsigned long long bad = kNoBadElement;
+  KVSTASH_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(&bad, d_flag, sizeof(bad), cudaMemcpyDeviceToHost, stream),
+      "gpu encode: copy flag");
+  const uint64_t hb = layout.header_bytes;
+  KVSTASH_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_out + hb, d_out + hb,
+                                               layout.total_bytes - hb,
+                                               cudaMemcpyDeviceToHost, stream),
+                               "gpu encode: copy sections");
+  KVSTASH_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream), "gpu encode: synchronize");
+  if (bad != kNoBadElement) {
+    uint16_t value = 0;
+    KVSTASH_CUDA_RETURN_IF_ERROR(
+        cudaMemcpy(&value, at(bad), sizeof(value), cudaMemcpyDeviceToHost),
+        "gpu encode: copy bad element");
+    return InvalidElementStatus(layout.shape, bad, value);
+  }
+  WriteHeader(layout, host_out);
+  SealChecksums(layout, host_out);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status EncodeToHost(const ChunkLayout& layout, const PagedInput& in, uint8_t* d_out,
+                          unsigned long long* d_flag, cudaStream_t stream, uint8_t* host_out) {
+  EncodeParams ep;
+  ep.geo = GeometryOf(layout);
+  ep.paged = in.view;
+  ep.out = d_out;
+  KVSTASH_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(d_flag, 0xFF, sizeof(kNoBadElement), stream),
+                               "gpu encode: reset flag");
+  ep.first_bad = d_flag;
+  return RunEncode(layout, ep, d_flag, stream, host_out, [&](uint64_t bad) {
+    return PagedElement(layout.shape, in, bad);
+  });
+}
+
 absl::Status EncodeToHost(const ChunkLayout& layout, const uint16_t* d_in, uint8_t* d_out,
                           unsigned long long* d_flag, cudaStream_t stream, uint8_t* host_out,
                           ValidityCheck check) {
@@ -49,27 +108,8 @@ absl::Status EncodeToHost(const ChunkLayout& layout, const uint16_t* d_in, uint8
                                  "gpu encode: reset flag");
     ep.first_bad = d_flag;
   }
-  KVSTASH_CUDA_RETURN_IF_ERROR(LaunchEncode(ep, stream), "gpu encode: launch");
-  unsigned long long bad = kNoBadElement;
-  KVSTASH_CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(&bad, d_flag, sizeof(bad), cudaMemcpyDeviceToHost, stream),
-      "gpu encode: copy flag");
-  const uint64_t hb = layout.header_bytes;
-  KVSTASH_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_out + hb, d_out + hb,
-                                               layout.total_bytes - hb,
-                                               cudaMemcpyDeviceToHost, stream),
-                               "gpu encode: copy sections");
-  KVSTASH_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream), "gpu encode: synchronize");
-  if (bad != kNoBadElement) {
-    uint16_t value = 0;
-    KVSTASH_CUDA_RETURN_IF_ERROR(
-        cudaMemcpy(&value, d_in + bad, sizeof(value), cudaMemcpyDeviceToHost),
-        "gpu encode: copy bad element");
-    return InvalidElementStatus(layout.shape, bad, value);
-  }
-  WriteHeader(layout, host_out);
-  SealChecksums(layout, host_out);
-  return absl::OkStatus();
+  return RunEncode(layout, ep, d_flag, stream, host_out,
+                   [&](uint64_t bad) { return d_in + bad; });
 }
 
 }  // namespace kvstash::kernels::cuda

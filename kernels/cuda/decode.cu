@@ -24,8 +24,23 @@ struct DecodeArgs {
   uint32_t l0, h0, hs;  // first layer, first head, heads in the slice
   uint32_t ls;          // layers in the slice
   uint16_t* out;
+  PagedView paged;
   uint32_t items;       // tail items per layer tensor
 };
+
+// Output row (hs·D elements) of token t of slice tensor lx = 2·l' + x of chunk c.
+template <bool kPaged>
+__device__ __forceinline__ uint16_t* OutRow(const DecodeArgs& a, uint32_t c, uint32_t lx,
+                                            uint32_t t, uint64_t row) {
+  if constexpr (kPaged) {
+    const PagedView& v = a.paged;
+    const uint32_t s = v.first_slot + t;
+    const uint32_t b = __ldg(v.block_ids + s / v.block_size);
+    return v.planes[lx] + uint64_t{b} * v.block_stride + uint64_t{s % v.block_size} * row;
+  } else {
+    return a.out + ((uint64_t{c} * a.ls * 2 + lx) * a.geo.num_tokens + t) * row;
+  }
+}
 
 __device__ __forceinline__ const uint8_t* At(const DecodeArgs& a, uint32_t c, uint32_t l,
                                              uint64_t off) {
@@ -52,10 +67,10 @@ __device__ __forceinline__ uint32_t Pack(uint32_t lo, uint32_t hi) {
   return __byte_perm(lo, hi, 0x5410u);
 }
 
-template <class IN, class OUT, int kBits>
+// Writes tokens 0..31 of the tile at dst(j), j = token within the group.
+template <class IN, class OUT, int kBits, class Dst>
 __device__ __forceinline__ void KeyTile(const uint8_t* codes, const uint8_t* scales,
-                                        const uint8_t* zeros, uint64_t i, uint16_t* dst,
-                                        uint64_t row) {
+                                        const uint8_t* zeros, uint64_t i, const Dst& dst) {
   uint32_t cw[8][kBits];  // 8 channels' code words, 32 bits each half
   if constexpr (kBits == 1) {
     const uint4* s = reinterpret_cast<const uint4*>(codes + 4 * i);
@@ -91,13 +106,13 @@ __device__ __forceinline__ void KeyTile(const uint8_t* codes, const uint8_t* sca
       const uint32_t q1 = (cw[2 * k + 1][j / kPer] >> (kBits * (j % kPer))) & kMask;
       o[k] = Pack(Pick(tab[2 * k], q0), Pick(tab[2 * k + 1], q1));
     }
-    __stcs(reinterpret_cast<uint4*>(dst + j * row), make_uint4(o[0], o[1], o[2], o[3]));
+    __stcs(reinterpret_cast<uint4*>(dst(j)), make_uint4(o[0], o[1], o[2], o[3]));
   }
 }
 
 // Grid (blocks, layers of the slice, chunks); a block-stride loop over this layer's items
 // keeps the offsets, which depend only on the layer, out of the loop.
-template <class IN, class OUT, int kD, int kBits>
+template <class IN, class OUT, int kD, int kBits, bool kPaged>
 __device__ __forceinline__ void DecodeKeysLayer(const DecodeArgs& a, uint32_t l, uint32_t c,
                                                 const TensorOffsets& to, uint16_t* base) {
   const CudaGeometry& geo = a.geo;
@@ -112,26 +127,34 @@ __device__ __forceinline__ void DecodeKeysLayer(const DecodeArgs& a, uint32_t l,
        s.row < NG; s.Next()) {  // row = token group g, col = h'·D8 + d8
     const uint32_t hp = s.col / D8, d8 = s.col % D8;
     const uint64_t i = (uint64_t{a.h0 + hp} * NG + s.row) * D + 8 * d8;
-    KeyTile<IN, OUT, kBits>(codes, scales, zeros, i,
-                            base + 32ull * s.row * row + uint64_t{hp} * D + 8 * d8, row);
+    const uint64_t col = uint64_t{hp} * D + 8 * d8;
+    if constexpr (kPaged) {
+      const uint32_t lx = 2 * (l - a.l0), t0 = 32 * s.row;
+      KeyTile<IN, OUT, kBits>(codes, scales, zeros, i, [&](int j) {
+        return OutRow<true>(a, c, lx, t0 + j, row) + col;
+      });
+    } else {
+      uint16_t* dst = base + 32ull * s.row * row + col;
+      KeyTile<IN, OUT, kBits>(codes, scales, zeros, i, [&](int j) { return dst + j * row; });
+    }
   }
 }
 
-template <class IN, class OUT, int kD>
+template <class IN, class OUT, int kD, bool kPaged>
 __global__ void __launch_bounds__(kThreads) DecodeKeysKernel(const DecodeArgs a) {
   const CudaGeometry& geo = a.geo;
   const uint32_t lp = blockIdx.y, l = a.l0 + lp, c = blockIdx.z;
   const TensorOffsets to = geo.tensor(l, 0);
   const uint64_t row = uint64_t{a.hs} * (kD ? kD : geo.head_dim);
-  uint16_t* base = a.out + (uint64_t{c} * a.ls + lp) * 2 * geo.num_tokens * row;
+  uint16_t* base = kPaged ? nullptr : OutRow<false>(a, c, 2 * lp, 0, row);
   if (to.bits == 2) {
-    DecodeKeysLayer<IN, OUT, kD, 2>(a, l, c, to, base);
+    DecodeKeysLayer<IN, OUT, kD, 2, kPaged>(a, l, c, to, base);
   } else {
-    DecodeKeysLayer<IN, OUT, kD, 1>(a, l, c, to, base);
+    DecodeKeysLayer<IN, OUT, kD, 1, kPaged>(a, l, c, to, base);
   }
 }
 
-template <class IN, class OUT, int kD, int kBits>
+template <class IN, class OUT, int kD, int kBits, bool kPaged>
 __device__ __forceinline__ void DecodeValuesLayer(const DecodeArgs& a, uint32_t l, uint32_t c,
                                                   const TensorOffsets& to, uint16_t* base) {
   const CudaGeometry& geo = a.geo;
@@ -163,22 +186,24 @@ __device__ __forceinline__ void DecodeValuesLayer(const DecodeArgs& a, uint32_t 
       const uint32_t q1 = (bits >> (kBits * (2 * k + 1))) & kMask;
       o[k] = Pack(Pick(tab, q0), Pick(tab, q1));
     }
-    __stcs(reinterpret_cast<uint4*>(base + s.row * row + uint64_t{hp} * D + 8 * d8),
+    uint16_t* dst = kPaged ? OutRow<true>(a, c, 2 * (l - a.l0) + 1, s.row, row)
+                           : base + s.row * row;
+    __stcs(reinterpret_cast<uint4*>(dst + uint64_t{hp} * D + 8 * d8),
            make_uint4(o[0], o[1], o[2], o[3]));
   }
 }
 
-template <class IN, class OUT, int kD>
+template <class IN, class OUT, int kD, bool kPaged>
 __global__ void __launch_bounds__(kThreads) DecodeValuesKernel(const DecodeArgs a) {
   const CudaGeometry& geo = a.geo;
   const uint32_t lp = blockIdx.y, l = a.l0 + lp, c = blockIdx.z;
   const TensorOffsets to = geo.tensor(l, 1);
   const uint64_t row = uint64_t{a.hs} * (kD ? kD : geo.head_dim);
-  uint16_t* base = a.out + ((uint64_t{c} * a.ls + lp) * 2 + 1) * geo.num_tokens * row;
+  uint16_t* base = kPaged ? nullptr : OutRow<false>(a, c, 2 * lp + 1, 0, row);
   if (to.bits == 2) {
-    DecodeValuesLayer<IN, OUT, kD, 2>(a, l, c, to, base);
+    DecodeValuesLayer<IN, OUT, kD, 2, kPaged>(a, l, c, to, base);
   } else {
-    DecodeValuesLayer<IN, OUT, kD, 1>(a, l, c, to, base);
+    DecodeValuesLayer<IN, OUT, kD, 1, kPaged>(a, l, c, to, base);
   }
 }
 
@@ -192,7 +217,7 @@ __device__ __forceinline__ uint32_t Convert2(uint32_t w) {
 }
 
 // Tail tokens of layer tensor blockIdx.y = 2·l' + x: [H][Tt][D] -> out[l'][x][Tq + tt][h'][d].
-template <class IN, class OUT, int kD>
+template <class IN, class OUT, int kD, bool kPaged>
 __global__ void __launch_bounds__(kThreads) DecodeTailKernel(const DecodeArgs a) {
   const uint32_t idx = blockIdx.x * kThreads + threadIdx.x;
   if (idx >= a.items) return;
@@ -206,19 +231,17 @@ __global__ void __launch_bounds__(kThreads) DecodeTailKernel(const DecodeArgs a)
   const uint64_t row = uint64_t{a.hs} * D;
   const uint8_t* src = At(a, c, l, to.tail) +
                        2 * ((uint64_t{a.h0 + hp} * geo.tail_tokens + tt) * D + 8 * d8);
-  uint16_t* dst = a.out + uint64_t{c} * a.ls * 2 * geo.num_tokens * row +
-                  (uint64_t{lx} * geo.num_tokens + geo.quant_tokens + tt) * row +
-                  uint64_t{hp} * D + 8 * d8;
+  uint16_t* dst = OutRow<kPaged>(a, c, lx, geo.quant_tokens + tt, row) + uint64_t{hp} * D + 8 * d8;
   const uint4 v = __ldcs(reinterpret_cast<const uint4*>(src));
   __stcs(reinterpret_cast<uint4*>(dst), make_uint4(Convert2<IN, OUT>(v.x), Convert2<IN, OUT>(v.y),
                                                    Convert2<IN, OUT>(v.z), Convert2<IN, OUT>(v.w)));
 }
 
-template <class IN, class OUT, int kD>
+template <class IN, class OUT, int kD, bool kPaged>
 cudaError_t LaunchAll(const DecodeParams& p, cudaStream_t stream) {
   const CudaGeometry& geo = p.geo;
   DecodeArgs a{geo, p.sections, p.layer_begin, p.head_begin, p.head_end - p.head_begin,
-               p.layer_end - p.layer_begin, p.out, 0};
+               p.layer_end - p.layer_begin, p.out, p.paged, 0};
   const uint32_t D8 = geo.head_dim / 8;
   if (geo.groups > 0) {
     // Enough blocks to fill the device a few times over; each thread then loops over
@@ -231,19 +254,19 @@ cudaError_t LaunchAll(const DecodeParams& p, cudaStream_t stream) {
     const uint64_t layers = uint64_t{a.ls} * p.num_chunks;
     const uint64_t cap = std::max<uint64_t>(1, (uint64_t(sms) * 32 + layers - 1) / layers);
     const uint32_t k_items = geo.num_groups_t * a.hs * D8;
-    DecodeKeysKernel<IN, OUT, kD>
+    DecodeKeysKernel<IN, OUT, kD, kPaged>
         <<<dim3(std::min<uint64_t>(BlocksFor(k_items), cap), a.ls, p.num_chunks), kThreads, 0,
            stream>>>(a);
     if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
     const uint32_t v_items = geo.quant_tokens * a.hs * D8;
-    DecodeValuesKernel<IN, OUT, kD>
+    DecodeValuesKernel<IN, OUT, kD, kPaged>
         <<<dim3(std::min<uint64_t>(BlocksFor(v_items), cap), a.ls, p.num_chunks), kThreads, 0,
            stream>>>(a);
     if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
   }
   if (geo.tail_tokens > 0) {
     a.items = geo.tail_tokens * a.hs * D8;
-    DecodeTailKernel<IN, OUT, kD>
+    DecodeTailKernel<IN, OUT, kD, kPaged>
         <<<dim3(BlocksFor(a.items), 2 * a.ls, p.num_chunks), kThreads, 0, stream>>>(a);
     if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
   }
@@ -256,8 +279,10 @@ cudaError_t LaunchAll(const DecodeParams& p, cudaStream_t stream) {
 cudaError_t LaunchDecode(const DecodeParams& p, cudaStream_t stream) {
   using namespace detail;
   const CudaGeometry& geo = p.geo;
-  if (p.sections == nullptr || p.out == nullptr || !Aligned(p.sections, 8) ||
-      !Aligned(p.out, 16) || p.num_chunks < 1 || p.num_chunks > 65535 || !GeometryOk(geo) ||
+  const bool paged = p.paged.enabled();
+  if (paged ? !PagedOk(p.paged) || p.num_chunks != 1 : p.out == nullptr || !Aligned(p.out, 16))
+    return cudaErrorInvalidValue;
+  if (p.sections == nullptr || !Aligned(p.sections, 8) || p.num_chunks < 1 || p.num_chunks > 65535 || !GeometryOk(geo) ||
       p.layer_begin >= p.layer_end || p.layer_end > geo.num_layers ||
       p.head_begin >= p.head_end || p.head_end > geo.num_heads)
     return cudaErrorInvalidValue;
@@ -269,7 +294,9 @@ cudaError_t LaunchDecode(const DecodeParams& p, cudaStream_t stream) {
     return DispatchDType(p.out_dtype, [&](auto out) {
       using OUT = decltype(out);
       return DispatchHeadDim(geo.head_dim, [&](auto d) {
-        return LaunchAll<IN, OUT, decltype(d)::value>(p, stream);
+        constexpr int kD = decltype(d)::value;
+        return paged ? LaunchAll<IN, OUT, kD, true>(p, stream)
+                     : LaunchAll<IN, OUT, kD, false>(p, stream);
       });
     });
   });

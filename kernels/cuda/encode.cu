@@ -17,6 +17,7 @@ namespace {
 struct EncodeArgs {
   CudaGeometry geo;
   const uint16_t* in;
+  PagedView paged;
   uint8_t* out;
   const unsigned long long* gate;
   unsigned long long* first_bad;
@@ -27,16 +28,31 @@ __device__ __forceinline__ bool Gated(const EncodeArgs& a) {
   return a.gate != nullptr && *a.gate != kNoBadElement;
 }
 
-// Reports the smallest bad flat index among `n` elements at element offsets
-// base + k·stride (k ascending), each holding two values when `pairs`.
-template <class DT>
-__device__ void ReportFirstBad(const EncodeArgs& a, const uint16_t* in_chunk, uint64_t flat0,
-                               uint64_t base, uint64_t stride, int n, int per) {
-  for (int k = 0; k < n; ++k) {
-    for (int e = 0; e < per; ++e) {
-      const uint64_t off = base + k * stride + e;
-      if (IsBad<DT>(in_chunk[off])) {
-        atomicMin(a.first_bad, flat0 + off);
+// Token t of layer tensor lx (= 2l + x) of chunk c: H·D input elements.
+template <bool kPaged>
+__device__ __forceinline__ const uint16_t* InRow(const EncodeArgs& a, uint32_t c, uint32_t lx,
+                                                 uint32_t t, uint64_t HD) {
+  if constexpr (kPaged) {
+    const PagedView& v = a.paged;
+    const uint32_t s = v.first_slot + t;
+    const uint32_t b = __ldg(v.block_ids + s / v.block_size);
+    return v.planes[lx] + uint64_t{b} * v.block_stride + uint64_t{s % v.block_size} * HD;
+  } else {
+    return a.in + c * a.geo.elements() + (uint64_t{lx} * a.geo.num_tokens + t) * HD;
+  }
+}
+
+// Reports the smallest bad flat index (of the contiguous layout) among tokens
+// [t0, t0 + nt) x columns [col0, col0 + ncol) of layer tensor lx, row-major.
+template <class DT, bool kPaged>
+__device__ void ReportFirstBad(const EncodeArgs& a, uint32_t c, uint32_t lx, uint32_t t0,
+                               int nt, uint64_t col0, int ncol, uint64_t HD) {
+  for (int k = 0; k < nt; ++k) {
+    const uint16_t* row = InRow<kPaged>(a, c, lx, t0 + k, HD);
+    for (int e = 0; e < ncol; ++e) {
+      if (IsBad<DT>(row[col0 + e])) {
+        atomicMin(a.first_bad, c * a.geo.elements() +
+                                   (uint64_t{lx} * a.geo.num_tokens + t0 + k) * HD + col0 + e);
         return;
       }
     }
@@ -67,7 +83,7 @@ __device__ __forceinline__ void KeyPair(const uint32_t (&w)[32], const GroupPara
   }
 }
 
-template <class DT, int kD, bool kCheck>
+template <class DT, int kD, bool kCheck, bool kPaged>
 __global__ void __launch_bounds__(kThreads) EncodeKeysKernel(const EncodeArgs a) {
   const uint32_t idx = blockIdx.x * kThreads + threadIdx.x;
   if (idx >= a.items || Gated(a)) return;
@@ -77,14 +93,22 @@ __global__ void __launch_bounds__(kThreads) EncodeKeysKernel(const EncodeArgs a)
   const uint32_t g = hg % geo.num_groups_t, h = hg / geo.num_groups_t;
   const uint32_t l = blockIdx.y, c = blockIdx.z;
   const uint64_t HD = uint64_t{geo.num_heads} * D;
-  const uint16_t* in_chunk = a.in + c * geo.elements();
-  const uint64_t base = (uint64_t{2} * l * geo.num_tokens + 32ull * g) * HD + uint64_t{h} * D + 2 * dp;
-  const uint32_t* src = reinterpret_cast<const uint32_t*>(in_chunk + base);
-  const uint64_t stride = HD / 2;  // in words
+  const uint64_t col = uint64_t{h} * D + 2 * dp;
 
   uint32_t w[32];
+  if constexpr (kPaged) {
 #pragma unroll
-  for (int j = 0; j < 32; ++j) w[j] = __ldcs(src + j * stride);
+    for (int j = 0; j < 32; ++j) {
+      w[j] = __ldcs(reinterpret_cast<const uint32_t*>(InRow<true>(a, c, 2 * l, 32 * g + j, HD) +
+                                                      col));
+    }
+  } else {
+    const uint32_t* src =
+        reinterpret_cast<const uint32_t*>(InRow<false>(a, c, 2 * l, 32 * g, HD) + col);
+    const uint64_t stride = HD / 2;  // in words
+#pragma unroll
+    for (int j = 0; j < 32; ++j) w[j] = __ldcs(src + j * stride);
+  }
 
   uint32_t mn2 = w[0], mx2 = w[0];
 #pragma unroll
@@ -97,7 +121,7 @@ __global__ void __launch_bounds__(kThreads) EncodeKeysKernel(const EncodeArgs a)
 #pragma unroll
     for (int j = 0; j < 32; ++j) am = AbsMax2(am, w[j]);
     if (AnyBad<DT>(am)) {
-      ReportFirstBad<DT>(a, in_chunk, c * geo.elements(), base, HD, 32, 2);
+      ReportFirstBad<DT, kPaged>(a, c, 2 * l, 32 * g, 32, col, 2, HD);
       return;
     }
   }
@@ -143,7 +167,7 @@ __device__ __forceinline__ uint64_t ValueCodes(const uint32_t (&w)[16], const Gr
   }
 }
 
-template <class DT, int kD, bool kCheck>
+template <class DT, int kD, bool kCheck, bool kPaged>
 __global__ void __launch_bounds__(kThreads) EncodeValuesKernel(const EncodeArgs a) {
   const uint32_t i = blockIdx.x * kThreads + threadIdx.x;  // the group index
   if (i >= a.items || Gated(a)) return;
@@ -154,10 +178,8 @@ __global__ void __launch_bounds__(kThreads) EncodeValuesKernel(const EncodeArgs 
   const uint32_t t = ht % geo.quant_tokens, h = ht / geo.quant_tokens;
   const uint32_t l = blockIdx.y, c = blockIdx.z;
   const uint64_t HD = uint64_t{geo.num_heads} * D;
-  const uint16_t* in_chunk = a.in + c * geo.elements();
-  const uint64_t base =
-      (uint64_t{2 * l + 1} * geo.num_tokens + t) * HD + uint64_t{h} * D + 32 * cc;
-  const uint4* src = reinterpret_cast<const uint4*>(in_chunk + base);
+  const uint64_t col = uint64_t{h} * D + 32 * cc;
+  const uint4* src = reinterpret_cast<const uint4*>(InRow<kPaged>(a, c, 2 * l + 1, t, HD) + col);
 
   uint32_t w[16];
 #pragma unroll
@@ -176,7 +198,7 @@ __global__ void __launch_bounds__(kThreads) EncodeValuesKernel(const EncodeArgs 
 #pragma unroll
     for (int k = 0; k < 16; ++k) am = AbsMax2(am, w[k]);
     if (AnyBad<DT>(am)) {
-      ReportFirstBad<DT>(a, in_chunk, c * geo.elements(), base, 1, 32, 1);
+      ReportFirstBad<DT, kPaged>(a, c, 2 * l + 1, t, 1, col, 32, HD);
       return;
     }
   }
@@ -202,7 +224,7 @@ __global__ void __launch_bounds__(kThreads) EncodeValuesKernel(const EncodeArgs 
 }
 
 // Tail tokens [Tq, T) of layer tensor blockIdx.y (= 2l + x), [T][H][D] -> [H][Tt][D].
-template <class DT, int kD, bool kCheck>
+template <class DT, int kD, bool kCheck, bool kPaged>
 __global__ void __launch_bounds__(kThreads) EncodeTailKernel(const EncodeArgs a) {
   const uint32_t idx = blockIdx.x * kThreads + threadIdx.x;
   if (idx >= a.items || Gated(a)) return;
@@ -213,14 +235,13 @@ __global__ void __launch_bounds__(kThreads) EncodeTailKernel(const EncodeArgs a)
   const uint32_t tt = row % geo.tail_tokens, h = row / geo.tail_tokens;
   const uint32_t lx = blockIdx.y, c = blockIdx.z;
   const uint64_t HD = uint64_t{geo.num_heads} * D;
-  const uint16_t* in_chunk = a.in + c * geo.elements();
-  const uint64_t base =
-      (uint64_t{lx} * geo.num_tokens + geo.quant_tokens + tt) * HD + uint64_t{h} * D + 8 * d8;
-  const uint4 v = __ldcs(reinterpret_cast<const uint4*>(in_chunk + base));
+  const uint64_t col = uint64_t{h} * D + 8 * d8;
+  const uint4 v = __ldcs(
+      reinterpret_cast<const uint4*>(InRow<kPaged>(a, c, lx, geo.quant_tokens + tt, HD) + col));
   if constexpr (kCheck) {
     uint32_t am = AbsMax2(AbsMax2(AbsMax2(AbsMax2(0, v.x), v.y), v.z), v.w);
     if (AnyBad<DT>(am)) {
-      ReportFirstBad<DT>(a, in_chunk, c * geo.elements(), base, 1, 8, 1);
+      ReportFirstBad<DT, kPaged>(a, c, lx, geo.quant_tokens + tt, 1, col, 8, HD);
       return;
     }
   }
@@ -229,25 +250,25 @@ __global__ void __launch_bounds__(kThreads) EncodeTailKernel(const EncodeArgs a)
   *reinterpret_cast<uint4*>(dst) = v;
 }
 
-template <class DT, int kD, bool kCheck>
+template <class DT, int kD, bool kCheck, bool kPaged>
 cudaError_t LaunchAll(const EncodeParams& p, cudaStream_t stream) {
   const CudaGeometry& geo = p.geo;
-  EncodeArgs a{geo, p.in, p.out, p.gate, p.first_bad, 0};
+  EncodeArgs a{geo, p.in, p.paged, p.out, p.gate, p.first_bad, 0};
   const uint32_t L = geo.num_layers;
   if (geo.groups > 0) {
     a.items = static_cast<uint32_t>(geo.groups / 2);
-    EncodeKeysKernel<DT, kD, kCheck>
+    EncodeKeysKernel<DT, kD, kCheck, kPaged>
         <<<dim3(BlocksFor(a.items), L, p.num_chunks), kThreads, 0, stream>>>(a);
     if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
     a.items = static_cast<uint32_t>(geo.groups);
-    EncodeValuesKernel<DT, kD, kCheck>
+    EncodeValuesKernel<DT, kD, kCheck, kPaged>
         <<<dim3(BlocksFor(a.items), L, p.num_chunks), kThreads, 0, stream>>>(a);
     if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
   }
   const uint64_t tail_items = uint64_t{geo.num_heads} * geo.tail_tokens * geo.head_dim / 8;
   if (tail_items > 0) {
     a.items = static_cast<uint32_t>(tail_items);
-    EncodeTailKernel<DT, kD, kCheck>
+    EncodeTailKernel<DT, kD, kCheck, kPaged>
         <<<dim3(BlocksFor(a.items), 2 * L, p.num_chunks), kThreads, 0, stream>>>(a);
     if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
   }
@@ -260,8 +281,12 @@ cudaError_t LaunchAll(const EncodeParams& p, cudaStream_t stream) {
 cudaError_t LaunchEncode(const EncodeParams& p, cudaStream_t stream) {
   using namespace detail;
   const CudaGeometry& geo = p.geo;
-  if (p.in == nullptr || p.out == nullptr || !Aligned(p.in, 16) || !Aligned(p.out, 16) ||
-      p.num_chunks < 1 || p.num_chunks > 65535 || !GeometryOk(geo))
+  const bool paged = p.paged.enabled();
+  if (paged ? !PagedOk(p.paged) || p.num_chunks != 1
+            : p.in == nullptr || !Aligned(p.in, 16))
+    return cudaErrorInvalidValue;
+  if (p.out == nullptr || !Aligned(p.out, 16) || p.num_chunks < 1 || p.num_chunks > 65535 ||
+      !GeometryOk(geo))
     return cudaErrorInvalidValue;
   // Per-launch item counts are 32-bit and grids hold at most 2^31 - 1 blocks.
   const uint64_t tail_items = uint64_t{geo.num_heads} * geo.tail_tokens * geo.head_dim / 8;
@@ -270,8 +295,12 @@ cudaError_t LaunchEncode(const EncodeParams& p, cudaStream_t stream) {
     using DT = decltype(dt);
     return DispatchHeadDim(geo.head_dim, [&](auto d) {
       constexpr int kD = decltype(d)::value;
-      return p.first_bad != nullptr ? LaunchAll<DT, kD, true>(p, stream)
-                                    : LaunchAll<DT, kD, false>(p, stream);
+      if (paged) {
+        return p.first_bad != nullptr ? LaunchAll<DT, kD, true, true>(p, stream)
+                                      : LaunchAll<DT, kD, false, true>(p, stream);
+      }
+      return p.first_bad != nullptr ? LaunchAll<DT, kD, true, false>(p, stream)
+                                    : LaunchAll<DT, kD, false, false>(p, stream);
     });
   });
 }

@@ -1,5 +1,7 @@
 #include "server/store/gpu_tier.h"
 
+#include <xxhash.h>
+
 #include <algorithm>
 #include <cstring>
 #include <utility>
@@ -33,6 +35,17 @@ void ForEachRun(const memory::PageSpan& span, uint64_t offset, uint64_t n, Fn&& 
     fn(start, done, len);
     done += len;
   }
+}
+
+// Whether `p` is host memory registered with (or allocated by) the CUDA driver, so a
+// cudaMemcpyAsync from or to it is a DMA with no staging.
+bool IsPinnedHost(const void* p) {
+  cudaPointerAttributes attr{};
+  if (cudaPointerGetAttributes(&attr, p) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return attr.type == cudaMemoryTypeHost;
 }
 
 }  // namespace
@@ -182,7 +195,15 @@ absl::Status GpuWorker::Synchronize() {
 absl::Status GpuWorker::CopyToDevice(std::span<const CopySegment> segments) {
   int b = 0;
   uint64_t fill = 0;
+  bool direct = false;
   for (const CopySegment& seg : segments) {
+    if (IsPinnedHost(seg.host)) {  // e.g. a registered shared-memory region: plain DMA
+      KVSTASH_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(seg.device, seg.host, seg.bytes,
+                                                   cudaMemcpyHostToDevice, stream_),
+                                   "gpu tier: host-to-device copy");
+      direct = true;
+      continue;
+    }
     uint64_t pos = 0;
     while (pos < seg.bytes) {
       if (fill == 0) {
@@ -209,7 +230,8 @@ absl::Status GpuWorker::CopyToDevice(std::span<const CopySegment> segments) {
     KVSTASH_CUDA_RETURN_IF_ERROR(cudaEventRecord(events_[b], stream_),
                                  "gpu tier: cudaEventRecord");
   }
-  return absl::OkStatus();
+  // A direct copy reads the host memory until it completes.
+  return direct ? Synchronize() : absl::OkStatus();
 }
 
 // Device -> host: copies fill one staging buffer while the host drains the other.
@@ -232,7 +254,15 @@ absl::Status GpuWorker::CopyToHost(std::span<const CopySegment> segments) {
   };
   int b = 0;
   uint64_t fill = 0;
+  bool direct = false;
   for (const CopySegment& seg : segments) {
+    if (IsPinnedHost(seg.host)) {  // DMA straight into it; waited for at the end
+      KVSTASH_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(seg.host, seg.device, seg.bytes,
+                                                   cudaMemcpyDeviceToHost, stream_),
+                                   "gpu tier: device-to-host copy");
+      direct = true;
+      continue;
+    }
     uint64_t pos = 0;
     while (pos < seg.bytes) {
       const uint64_t take = std::min(seg.bytes - pos, staging_bytes_ - fill);
@@ -258,7 +288,8 @@ absl::Status GpuWorker::CopyToHost(std::span<const CopySegment> segments) {
     in_flight[b] = true;
   }
   if (auto st = drain(b ^ 1); !st.ok()) return st;
-  return drain(b);
+  if (auto st = drain(b); !st.ok()) return st;
+  return direct ? Synchronize() : absl::OkStatus();
 }
 
 absl::Status GpuWorker::GatherFromSpan(const memory::PageSpan& src, uint64_t offset,
@@ -324,6 +355,158 @@ absl::Status GpuWorker::StoreEncoded(const kernels::ChunkLayout& layout,
   return Synchronize();
 }
 
+absl::StatusOr<const uint8_t*> GpuWorker::EncodeDevice(const kernels::ChunkLayout& layout,
+                                                       const DeviceTensor& in) {
+  if (auto st = d_chunk_.Reserve(layout.total_bytes); !st.ok()) return st;
+  if (auto st = h_chunk_.Reserve(layout.total_bytes); !st.ok()) return st;
+  auto* flag = reinterpret_cast<unsigned long long*>(d_flag_.data());
+  if (!in.paged()) {
+    if (auto st = kernels::cuda::EncodeToHost(
+            layout, reinterpret_cast<const uint16_t*>(in.data), d_chunk_.data(), flag, stream_,
+            h_chunk_.data(), kernels::cuda::ValidityCheck::kFused);
+        !st.ok()) {
+      return st;
+    }
+    return h_chunk_.data();
+  }
+  absl::StatusOr<kernels::cuda::DecodeParams> tables = UploadTables(layout, &in);
+  if (!tables.ok()) return tables.status();
+  kernels::cuda::PagedInput pin;
+  pin.view = tables->paged;
+  pin.host_planes = {reinterpret_cast<uint16_t* const*>(in.planes.data()), in.planes.size()};
+  pin.host_block_ids = in.block_ids;
+  if (auto st = kernels::cuda::EncodeToHost(layout, pin, d_chunk_.data(), flag, stream_,
+                                            h_chunk_.data());
+      !st.ok()) {
+    return st;
+  }
+  return h_chunk_.data();
+}
+
+absl::Status GpuWorker::StageSections(const kernels::ParsedHeader& header, const Sections& src,
+                                      const kernels::PairRange& range) {
+  const kernels::ChunkLayout& lay = header.layout;
+  const uint32_t num_pairs = lay.num_pairs();
+  uint64_t gather_bytes = 0;
+  for (uint32_t p = range.first; p <= range.last; ++p) {
+    if (src.device != device_ || src.direct[p] == nullptr) gather_bytes += lay.pairs[p].bytes;
+  }
+  if (auto st = h_ptrs_.Reserve(num_pairs * sizeof(void*)); !st.ok()) return st;
+  if (gather_bytes > 0) {
+    if (auto st = d_gather_.Reserve(gather_bytes); !st.ok()) return st;
+  }
+  const uint8_t** ptrs = reinterpret_cast<const uint8_t**>(h_ptrs_.data());
+  std::fill(ptrs, ptrs + num_pairs, nullptr);
+  const memory::PageSpan& pages = *src.pages;
+  uint8_t* gather = d_gather_.data();
+  std::vector<CopySegment> staged;  // host sections of an unregistered pool
+  XXH3_state_t* xxh = nullptr;
+  absl::Status status;
+  for (uint32_t p = range.first; p <= range.last && status.ok(); ++p) {
+    const uint64_t off = src.section_offset[p], n = lay.pairs[p].bytes;
+    if (src.device == device_ && src.direct[p] != nullptr) {
+      ptrs[p] = src.direct[p];
+      continue;
+    }
+    ptrs[p] = gather;
+    if (src.device == device_) {
+      status = GatherFromSpan(pages, off, n, gather);
+    } else if (src.device >= 0) {
+      cudaError_t err = cudaSuccess;
+      ForEachRun(pages, off, n, [&](uint8_t* addr, uint64_t at, uint64_t len) {
+        if (err == cudaSuccess) {
+          err = cudaMemcpyPeerAsync(gather + at, device_, addr, src.device, len, stream_);
+        }
+      });
+      if (err != cudaSuccess) status = kernels::cuda::CudaStatus(err, "gpu tier: peer copy");
+    } else {
+      // Host pool: verify the section (the device decoder does not), then send it. The
+      // next section is verified while this one's copy runs.
+      if (xxh == nullptr) xxh = XXH3_createState();
+      XXH3_64bits_reset(xxh);
+      ForEachRun(pages, off, n, [&](uint8_t* addr, uint64_t, uint64_t len) {
+        XXH3_64bits_update(xxh, addr, len);
+      });
+      if (XXH3_64bits_digest(xxh) != header.section_checksums[p]) {
+        status = absl::DataLossError(absl::StrCat(
+            "store: pair section ", p, " of a host-tier chunk fails its checksum"));
+        break;
+      }
+      ForEachRun(pages, off, n, [&](uint8_t* addr, uint64_t at, uint64_t len) {
+        if (!src.host_registered) {
+          staged.push_back({gather + at, addr, len});
+        } else if (status.ok()) {
+          if (cudaError_t err = cudaMemcpyAsync(gather + at, addr, len,
+                                                cudaMemcpyHostToDevice, stream_);
+              err != cudaSuccess) {
+            status = kernels::cuda::CudaStatus(err, "gpu tier: host-to-device copy");
+          }
+        }
+      });
+    }
+    gather += n;  // a multiple of 64: the next section stays aligned
+  }
+  if (xxh != nullptr) XXH3_freeState(xxh);
+  if (!status.ok()) return status;
+  return staged.empty() ? absl::OkStatus() : CopyToDevice(staged);
+}
+
+absl::StatusOr<kernels::cuda::DecodeParams> GpuWorker::UploadTables(
+    const kernels::ChunkLayout& layout, const DeviceTensor* paged) {
+  const uint64_t num_pairs = layout.num_pairs();
+  const uint64_t planes = paged != nullptr ? paged->planes.size() : 0;
+  const uint64_t ids = paged != nullptr ? paged->block_ids.size() : 0;
+  const uint64_t bytes = (num_pairs + planes) * sizeof(void*) + ids * sizeof(uint32_t);
+  // h_ptrs_ may already hold the section table (StageSections): grow-only Reserve would
+  // drop it, so reserve the whole size before anything is written.
+  if (auto st = h_ptrs_.Reserve(bytes); !st.ok()) return st;
+  if (auto st = d_ptrs_.Reserve(bytes); !st.ok()) return st;
+  uint8_t* h = h_ptrs_.data();
+  if (planes > 0) std::memcpy(h + num_pairs * sizeof(void*), paged->planes.data(), planes * sizeof(void*));
+  if (ids > 0) {
+    std::memcpy(h + (num_pairs + planes) * sizeof(void*), paged->block_ids.data(),
+                ids * sizeof(uint32_t));
+  }
+  KVSTASH_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(d_ptrs_.data(), h, bytes, cudaMemcpyHostToDevice, stream_),
+      "gpu tier: copy pointer tables");
+  kernels::cuda::DecodeParams dp;
+  dp.geo = kernels::cuda::GeometryOf(layout);
+  dp.sections = reinterpret_cast<const uint8_t* const*>(d_ptrs_.data());
+  if (paged != nullptr) {
+    dp.paged.planes = reinterpret_cast<uint16_t* const*>(d_ptrs_.data() + num_pairs * sizeof(void*));
+    dp.paged.block_ids =
+        reinterpret_cast<const uint32_t*>(d_ptrs_.data() + (num_pairs + planes) * sizeof(void*));
+    dp.paged.block_size = paged->block_size;
+    dp.paged.first_slot = paged->first_slot;
+    dp.paged.block_stride = paged->block_stride / sizeof(uint16_t);
+  }
+  return dp;
+}
+
+absl::Status GpuWorker::DecodeToDevice(const kernels::ParsedHeader& header, const Sections& src,
+                                       const kernels::Slice& resolved, kernels::DType out_dtype,
+                                       const DeviceTensor& out) {
+  const kernels::ChunkLayout& lay = header.layout;
+  // Reserve the tables first: StageSections writes the section table into h_ptrs_.
+  const uint64_t table_bytes = (lay.num_pairs() + out.planes.size()) * sizeof(void*) +
+                               out.block_ids.size() * sizeof(uint32_t);
+  if (auto st = h_ptrs_.Reserve(table_bytes); !st.ok()) return st;
+  if (auto st = StageSections(header, src, kernels::PairsForSlice(resolved)); !st.ok()) return st;
+  absl::StatusOr<kernels::cuda::DecodeParams> dp =
+      UploadTables(lay, out.paged() ? &out : nullptr);
+  if (!dp.ok()) return dp.status();
+  dp->layer_begin = resolved.layer_begin;
+  dp->layer_end = resolved.layer_end;
+  dp->head_begin = resolved.head_begin;
+  dp->head_end = resolved.head_end;
+  dp->out_dtype = static_cast<uint32_t>(out_dtype);
+  dp->out = reinterpret_cast<uint16_t*>(out.data);
+  KVSTASH_CUDA_RETURN_IF_ERROR(kernels::cuda::LaunchDecode(*dp, stream_),
+                               "gpu tier: decode launch");
+  return Synchronize();
+}
+
 absl::Status GpuWorker::Decode(const kernels::ParsedHeader& header,
                                const memory::PageSpan& pages,
                                std::span<const uint64_t> section_offset,
@@ -331,55 +514,29 @@ absl::Status GpuWorker::Decode(const kernels::ParsedHeader& header,
                                const kernels::Slice& resolved, kernels::DType out_dtype,
                                uint8_t* out) {
   const kernels::ChunkLayout& lay = header.layout;
-  const kernels::PairRange range = kernels::PairsForSlice(resolved);
-  const uint32_t num_pairs = lay.num_pairs();
-  uint64_t gather_bytes = 0;
-  for (uint32_t p = range.first; p <= range.last; ++p) {
-    if (direct[p] == nullptr) gather_bytes += lay.pairs[p].bytes;
-  }
   const uint64_t out_bytes = kernels::DecodedBytes(lay.shape, resolved);
-  if (auto st = d_ptrs_.Reserve(num_pairs * sizeof(void*)); !st.ok()) return st;
-  if (auto st = h_ptrs_.Reserve(num_pairs * sizeof(void*)); !st.ok()) return st;
   if (auto st = d_out_.Reserve(out_bytes); !st.ok()) return st;
-  if (gather_bytes > 0) {
-    if (auto st = d_gather_.Reserve(gather_bytes); !st.ok()) return st;
-  }
-  const uint8_t** ptrs = reinterpret_cast<const uint8_t**>(h_ptrs_.data());
-  std::fill(ptrs, ptrs + num_pairs, nullptr);
-  uint8_t* gather = d_gather_.data();
-  for (uint32_t p = range.first; p <= range.last; ++p) {
-    if (direct[p] != nullptr) {
-      ptrs[p] = direct[p];
-    } else {
-      if (auto st = GatherFromSpan(pages, section_offset[p], lay.pairs[p].bytes, gather);
-          !st.ok()) {
-        return st;
-      }
-      ptrs[p] = gather;
-      gather += lay.pairs[p].bytes;  // a multiple of 64: the next section stays aligned
-    }
-  }
-  KVSTASH_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(d_ptrs_.data(), h_ptrs_.data(),
-                                               num_pairs * sizeof(void*),
-                                               cudaMemcpyHostToDevice, stream_),
-                               "gpu tier: copy section pointers");
-  kernels::cuda::DecodeParams dp;
-  dp.geo = kernels::cuda::GeometryOf(lay);
-  dp.sections = reinterpret_cast<const uint8_t* const*>(d_ptrs_.data());
-  dp.num_chunks = 1;
-  dp.layer_begin = resolved.layer_begin;
-  dp.layer_end = resolved.layer_end;
-  dp.head_begin = resolved.head_begin;
-  dp.head_end = resolved.head_end;
-  dp.out_dtype = static_cast<uint32_t>(out_dtype);
-  dp.out = reinterpret_cast<uint16_t*>(d_out_.data());
-  KVSTASH_CUDA_RETURN_IF_ERROR(kernels::cuda::LaunchDecode(dp, stream_),
+  if (auto st = h_ptrs_.Reserve(lay.num_pairs() * sizeof(void*)); !st.ok()) return st;
+  Sections src;
+  src.pages = &pages;
+  src.section_offset = section_offset;
+  src.direct = direct;
+  src.device = device_;
+  if (auto st = StageSections(header, src, kernels::PairsForSlice(resolved)); !st.ok()) return st;
+  absl::StatusOr<kernels::cuda::DecodeParams> dp = UploadTables(lay, nullptr);
+  if (!dp.ok()) return dp.status();
+  dp->layer_begin = resolved.layer_begin;
+  dp->layer_end = resolved.layer_end;
+  dp->head_begin = resolved.head_begin;
+  dp->head_end = resolved.head_end;
+  dp->out_dtype = static_cast<uint32_t>(out_dtype);
+  dp->out = reinterpret_cast<uint16_t*>(d_out_.data());
+  KVSTASH_CUDA_RETURN_IF_ERROR(kernels::cuda::LaunchDecode(*dp, stream_),
                                "gpu tier: decode launch");
   const CopySegment seg{d_out_.data(), out, out_bytes};
-  if (auto st = CopyToHost({&seg, 1}); !st.ok()) return st;
-  // h_ptrs_ is reused by the next Decode: make sure its copy has run (it has: the copy of
-  // the output is behind it in stream order and has completed).
-  return absl::OkStatus();
+  // h_ptrs_ is reused by the next call: its copy is ahead of this one in stream order and
+  // CopyToHost returns after the output arrived.
+  return CopyToHost({&seg, 1});
 }
 
 namespace {
@@ -429,7 +586,9 @@ absl::StatusOr<std::unique_ptr<GpuTier>> GpuTier::Create(const GpuTierOptions& o
   cudaDeviceProp prop{};
   KVSTASH_CUDA_RETURN_IF_ERROR(cudaGetDeviceProperties(&prop, o.device),
                                "gpu tier: cudaGetDeviceProperties");
-  std::unique_ptr<GpuTier> tier(new GpuTier(o.device, prop.name, *std::move(pool)));
+  std::unique_ptr<GpuTier> tier(new GpuTier(
+      o.device, prop.name, std::string(prop.uuid.bytes, sizeof(prop.uuid.bytes)),
+      *std::move(pool)));
   const uint32_t copy_threads =
       o.copy_threads > 0 ? o.copy_threads
                          : std::min<uint32_t>(7, std::thread::hardware_concurrency() / 2);

@@ -25,9 +25,11 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "kvstash/kernels/codec.h"
+#include "kvstash/kernels/cuda_codec.h"
 #include "kvstash/kernels/format.h"
 #include "server/memory/device_pool.h"
 #include "server/memory/page_pool.h"
+#include "server/store/store.h"
 
 namespace kvstash::store::internal {
 
@@ -146,6 +148,30 @@ class GpuWorker {
                       std::span<const uint8_t* const> direct, const kernels::Slice& resolved,
                       kernels::DType out_dtype, uint8_t* out);
 
+  // Encodes from memory on this worker's device: `in` contiguous, or paged (the kernels
+  // gather the blocks). Returns as Encode; InvalidArgument for NaN/Inf naming the element
+  // of the contiguous layout.
+  absl::StatusOr<const uint8_t*> EncodeDevice(const kernels::ChunkLayout& layout,
+                                              const DeviceTensor& in);
+
+  // Where a chunk's sections are, for DecodeToDevice.
+  struct Sections {
+    const memory::PageSpan* pages = nullptr;
+    std::span<const uint64_t> section_offset;
+    std::span<const uint8_t* const> direct;  // device tier only: pair p in place, or null
+    int device = -1;                         // CUDA ordinal of the pages; -1 = host pool
+    bool host_registered = false;            // host pool pages are cudaHostRegister'ed
+  };
+  // Decodes `resolved` into device memory `out` of this worker's device (contiguous, or
+  // scattered into a paged cache by the kernels). Sections on this device are read in
+  // place (split ones gathered first); those of another device are copied peer to peer;
+  // those of the host pool are checksum-verified and copied (compressed) to the device,
+  // straight from the pages when host_registered. DataLoss for a corrupt host section.
+  // Synchronizes: `out` holds the slice when this returns OK.
+  absl::Status DecodeToDevice(const kernels::ParsedHeader& header, const Sections& src,
+                              const kernels::Slice& resolved, kernels::DType out_dtype,
+                              const DeviceTensor& out);
+
   // Copies every page of `device_span` to the page of the same index of `host_span`
   // (demotion), or the other way (promotion). Synchronizes.
   // REQUIRES: the spans have the same number of pages of the same size.
@@ -163,6 +189,14 @@ class GpuWorker {
                               uint8_t* dst);
   absl::Status ScatterToSpan(const uint8_t* src, cudaMemcpyKind kind,
                              const memory::PageSpan& dst, uint64_t offset, uint64_t n);
+  // Makes the pair sections of `range` readable on this device and fills the host pointer
+  // table (h_ptrs_[0, num_pairs)); see DecodeToDevice for the sources.
+  absl::Status StageSections(const kernels::ParsedHeader& header, const Sections& src,
+                             const kernels::PairRange& range);
+  // Copies h_ptrs_'s section table, then (when `paged`) its planes and block ids, to the
+  // device; returns DecodeParams with sections (and paged) pointing at the copies.
+  absl::StatusOr<kernels::cuda::DecodeParams> UploadTables(const kernels::ChunkLayout& layout,
+                                                           const DeviceTensor* paged);
 
   const int device_;
   const uint64_t staging_bytes_;
@@ -177,7 +211,7 @@ class GpuWorker {
   CudaBuffer h_chunk_{CudaBuffer::Kind::kPinnedHost};  // Put: the sealed chunk on host
   CudaBuffer d_gather_{CudaBuffer::Kind::kDevice};   // Get: split sections made contiguous
   CudaBuffer d_out_{CudaBuffer::Kind::kDevice};      // Get: decoded slice
-  CudaBuffer d_ptrs_{CudaBuffer::Kind::kDevice};     // Get: section pointer array
+  CudaBuffer d_ptrs_{CudaBuffer::Kind::kDevice};     // section pointers, paged tables
   CudaBuffer h_ptrs_{CudaBuffer::Kind::kPinnedHost};
 };
 
@@ -216,6 +250,7 @@ class GpuTier {
 
   int device() const { return device_; }
   const std::string& name() const { return name_; }
+  const std::string& uuid() const { return uuid_; }  // 16 bytes, cudaDeviceProp::uuid
   memory::PagePool& pages() const { return pool_->pages(); }
 
   // A device that failed with a CUDA error other than an allocation failure takes no new
@@ -224,12 +259,14 @@ class GpuTier {
   void MarkFailed(const absl::Status& why);
 
  private:
-  GpuTier(int device, std::string name, std::unique_ptr<memory::DevicePool> pool)
-      : device_(device), name_(std::move(name)), pool_(std::move(pool)) {}
+  GpuTier(int device, std::string name, std::string uuid,
+          std::unique_ptr<memory::DevicePool> pool)
+      : device_(device), name_(std::move(name)), uuid_(std::move(uuid)), pool_(std::move(pool)) {}
   void Release(GpuWorker* w);
 
   const int device_;
   const std::string name_;
+  const std::string uuid_;
   std::unique_ptr<memory::DevicePool> pool_;
   std::unique_ptr<HostCopier> copier_;               // used by workers_; destroyed after them
   std::vector<std::unique_ptr<GpuWorker>> workers_;  // fixed after Create

@@ -66,6 +66,11 @@ struct StoreOptions {
   // pages (never demoting another chunk for it). Default false: with a host
   // OutputAllocator, reads decode faster on the CPU (docs/store.md, "GPU tier").
   bool gpu_promote_on_read = false;
+  // Register the host pool with the CUDA driver (cudaHostRegister) so host-tier chunks are
+  // copied to a device by DMA straight from their pages: the host-tier restore of GetDevice
+  // moves only compressed bytes, with no staging copy. Pins the whole pool in RAM. Default
+  // true.
+  bool gpu_pin_host_pool = true;
 };
 
 // Per-request choices of Put.
@@ -74,6 +79,34 @@ struct PutOptions {
   // namespace's device, hash(namespace) % number of devices. Ignored without GPUs.
   // InvalidArgument when out of range. Default -1.
   int device = -1;
+};
+
+// 16-bit K/V in the device memory of one GPU tier (a worker's buffer mapped through CUDA
+// IPC): either contiguous, [L][2][T][H][D] for a Put and [l1-l0][2][T][h1-h0][D] for a Get,
+// or a paged cache (the kernels gather from and scatter into its blocks; see
+// kvstash/kernels/cuda_codec.h, PagedView). The caller has checked every address against
+// the buffer's bounds; the store checks shapes and counts.
+struct DeviceTensor {
+  int tier = -1;                 // index into StoreStats::gpus; the memory is on that device
+  uint8_t* data = nullptr;       // contiguous (16-byte aligned); null when paged
+  // Paged: planes 2i + x = tensor x (K, V) of layer i of the chunk (Put) or of the slice
+  // (Get), each [num_blocks][block_size][rows heads][D]; token t at slot first_slot + t.
+  std::vector<uint8_t*> planes;  // 16-byte aligned
+  std::vector<uint32_t> block_ids;
+  uint32_t block_size = 0;
+  uint32_t first_slot = 0;
+  uint64_t block_stride = 0;     // bytes, a multiple of 16
+  bool paged() const { return data == nullptr; }
+};
+
+// A device buffer of another process (CUDA IPC) mapped into the daemon; the mapping is
+// closed when the last reference is dropped.
+class IpcMapping {
+ public:
+  virtual ~IpcMapping() = default;
+  int tier = -1;            // GPU tier of its device
+  uint8_t* data = nullptr;  // the start of the shared allocation
+  uint64_t size = 0;        // bytes of the allocation
 };
 
 // What a stored chunk is; returned by Put and Get.
@@ -180,6 +213,46 @@ class Store {
   virtual absl::Status Delete(std::string_view ns, const ChunkKey& key) = 0;
 
   virtual StoreStats Stats() const = 0;
+
+  // --- Device data paths (docs/store.md, "Device I/O"). A store without GPU tiers answers
+  // FailedPrecondition.
+
+  // Maps a cudaIpcMemHandle_t (64 bytes) of the device with UUID `device_uuid` (16 bytes).
+  // Mappings are cached: the same handle opened again returns the live mapping.
+  // InvalidArgument (sizes, a handle the driver refuses), FailedPrecondition (no GPU tier
+  // on that device).
+  virtual absl::StatusOr<std::shared_ptr<const IpcMapping>> OpenIpcBuffer(
+      std::string_view handle, std::string_view device_uuid) {
+    (void)handle, (void)device_uuid;
+    return absl::FailedPreconditionError("cuda_ipc: this daemon has no GPU tier");
+  }
+  // Put from device memory: the encode kernels read `in` on its device (no host copy) and
+  // the chunk is kept on that device's tier (or the host tier when the device pool cannot
+  // take it). Returns after the kernels finished reading `in`. Errors as Put.
+  virtual absl::StatusOr<ChunkInfo> PutDevice(std::string_view ns, const ChunkKey& key,
+                                              const kernels::ChunkShape& shape,
+                                              const kernels::CodecConfig& config,
+                                              const DeviceTensor& in) {
+    (void)ns, (void)key, (void)shape, (void)config, (void)in;
+    return absl::FailedPreconditionError("cuda_ipc: this daemon has no GPU tier");
+  }
+  // Get into device memory: the decode kernels write `out` on its device. A chunk of the
+  // host tier has its compressed sections copied to the device (checksums verified) and is
+  // decoded there. Returns after the kernels finished writing. Errors as Get.
+  virtual absl::StatusOr<ChunkInfo> GetDevice(std::string_view ns, const ChunkKey& key,
+                                              const kernels::Slice& slice,
+                                              kernels::DType out_dtype,
+                                              const DeviceTensor& out) {
+    (void)ns, (void)key, (void)slice, (void)out_dtype, (void)out;
+    return absl::FailedPreconditionError("cuda_ipc: this daemon has no GPU tier");
+  }
+  // Registers host memory (a shared-memory region) with the CUDA driver so copies between
+  // it and the devices are DMA without staging; the returned handle unregisters it when
+  // dropped. A null handle (no error) when there are no GPU tiers.
+  virtual absl::StatusOr<std::shared_ptr<void>> RegisterHostMemory(void* data, uint64_t bytes) {
+    (void)data, (void)bytes;
+    return std::shared_ptr<void>();
+  }
 };
 
 }  // namespace kvstash::store

@@ -4,13 +4,16 @@
 //
 // Locks are never held across a worker call: entries are pinned under their shard lock,
 // copied or decoded unlocked, and swapped for their copy in another tier under the lock.
+#include <cuda.h>
 #include <xxhash.h>
 
 #include <algorithm>
 #include <limits>
 #include <utility>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "kvstash/kernels/cuda_status.h"
 #include "server/store/gpu_tier.h"
 #include "server/store/store_impl.h"
 #include "spdlog/spdlog.h"
@@ -49,7 +52,191 @@ bool HostSectionsIntact(const Entry& e) {
   return ok;
 }
 
+// An IPC mapping: cudaIpcCloseMemHandle on its device when the last reference goes.
+class OpenedIpc final : public IpcMapping {
+ public:
+  OpenedIpc(int device) : device_(device) {}
+  ~OpenedIpc() override {
+    if (data == nullptr) return;
+    int current = 0;
+    cudaGetDevice(&current);
+    cudaSetDevice(device_);
+    if (cudaIpcCloseMemHandle(data) != cudaSuccess) cudaGetLastError();
+    cudaSetDevice(current);
+  }
+
+ private:
+  const int device_;
+};
+
+// Size of the allocation that starts at device pointer `p` (cuMemGetAddressRange through
+// the runtime's driver entry point: no link against libcuda). 0 when it cannot be told.
+uint64_t AllocationBytes(void* p, uint8_t** base) {
+  using Fn = CUresult (*)(CUdeviceptr*, size_t*, CUdeviceptr);
+  static Fn fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    if (cudaGetDriverEntryPointByVersion("cuMemGetAddressRange", &f, 12000, cudaEnableDefault,
+                                         &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess) {
+      cudaGetLastError();
+      return static_cast<Fn>(nullptr);
+    }
+    return reinterpret_cast<Fn>(f);
+  }();
+  if (fn == nullptr) return 0;
+  CUdeviceptr b = 0;
+  size_t n = 0;
+  if (fn(&b, &n, reinterpret_cast<CUdeviceptr>(p)) != CUDA_SUCCESS) return 0;
+  *base = reinterpret_cast<uint8_t*>(b);
+  return n;
+}
+
+std::string Hex(std::string_view bytes) {
+  return absl::BytesToHexString(absl::string_view(bytes.data(), bytes.size()));
+}
+
 }  // namespace
+
+// --- Device data paths ------------------------------------------------------------------
+
+absl::StatusOr<std::shared_ptr<void>> StoreImpl::RegisterHostMemory(void* data, uint64_t bytes) {
+  if (gpus_.empty() || bytes == 0) return std::shared_ptr<void>();
+  // Portable: the registration is visible to every device's context.
+  if (cudaError_t err = cudaHostRegister(data, bytes, cudaHostRegisterPortable);
+      err != cudaSuccess) {
+    cudaGetLastError();
+    return kernels::cuda::CudaStatus(err, absl::StrCat("cudaHostRegister of ", bytes, " bytes"));
+  }
+  return std::shared_ptr<void>(data, [](void* p) {
+    if (cudaHostUnregister(p) != cudaSuccess) cudaGetLastError();
+  });
+}
+
+absl::StatusOr<std::shared_ptr<const IpcMapping>> StoreImpl::OpenIpcBuffer(
+    std::string_view handle, std::string_view device_uuid) {
+  if (gpus_.empty()) return absl::FailedPreconditionError("cuda_ipc: this daemon has no GPU tier");
+  if (handle.size() != sizeof(cudaIpcMemHandle_t)) {
+    return absl::InvalidArgumentError(absl::StrCat("cuda_ipc.handle: ", handle.size(),
+                                                   " bytes, a cudaIpcMemHandle_t has ",
+                                                   sizeof(cudaIpcMemHandle_t)));
+  }
+  if (device_uuid.size() != 16) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cuda_ipc.device_uuid: ", device_uuid.size(), " bytes, expected 16"));
+  }
+  int t = -1;
+  for (size_t i = 0; i < gpus_.size(); ++i) {
+    if (gpus_[i]->uuid() == device_uuid) t = static_cast<int>(i);
+  }
+  if (t < 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cuda_ipc.device_uuid: ", Hex(device_uuid),
+        " is not a device this daemon uses (see its gpu_devices); no GPU tier can map it"));
+  }
+  const std::string key(handle);
+  absl::MutexLock lock(&ipc_mu_);  // opening is rare; one at a time keeps the cache simple
+  if (auto it = ipc_.find(key); it != ipc_.end()) {
+    if (std::shared_ptr<const IpcMapping> live = it->second.lock()) return live;
+    ipc_.erase(it);
+  }
+  const int device = gpus_[t]->device();
+  cudaSetDevice(device);
+  cudaIpcMemHandle_t h;
+  std::memcpy(&h, handle.data(), sizeof(h));
+  void* p = nullptr;
+  if (cudaError_t err = cudaIpcOpenMemHandle(&p, h, cudaIpcMemLazyEnablePeerAccess);
+      err != cudaSuccess) {
+    cudaGetLastError();
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cuda_ipc.handle: the driver cannot open it on device ", device, " (",
+        cudaGetErrorName(err), ": ", cudaGetErrorString(err),
+        "); it must come from cudaIpcGetMemHandle in another live process on this node"));
+  }
+  auto mapping = std::make_shared<OpenedIpc>(device);
+  mapping->tier = t;
+  mapping->data = static_cast<uint8_t*>(p);
+  uint8_t* base = nullptr;
+  mapping->size = AllocationBytes(p, &base);
+  if (mapping->size == 0 || base != mapping->data) {
+    return absl::InternalError("cuda_ipc: cannot tell the size of the shared allocation");
+  }
+  ipc_[key] = mapping;
+  // Drop cache entries of mappings closed since (the map stays as small as the live set).
+  absl::erase_if(ipc_, [](const auto& kv) { return kv.second.expired(); });
+  return std::shared_ptr<const IpcMapping>(std::move(mapping));
+}
+
+absl::StatusOr<ChunkInfo> StoreImpl::PutDevice(std::string_view ns, const ChunkKey& key,
+                                               const kernels::ChunkShape& shape,
+                                               const kernels::CodecConfig& config,
+                                               const DeviceTensor& in) {
+  if (gpus_.empty()) return absl::FailedPreconditionError("cuda_ipc: this daemon has no GPU tier");
+  kernels::ChunkLayout layout;
+  uint64_t num_pages = 0;
+  absl::StatusOr<std::unique_ptr<Entry>> entry =
+      NewEntry(ns, key, shape, config, &layout, &num_pages);
+  if (!entry.ok()) return entry.status();
+  if (in.tier < 0 || in.tier >= static_cast<int>(gpus_.size())) {
+    return absl::InvalidArgumentError(absl::StrCat("device tier ", in.tier, " is out of range"));
+  }
+  if (in.paged()) {
+    const uint64_t slots = uint64_t{in.first_slot} + shape.num_tokens;
+    if (in.planes.size() != 2ull * shape.num_layers || in.block_size == 0 ||
+        in.block_ids.size() != (slots + in.block_size - 1) / in.block_size) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "paged input: ", in.planes.size(), " planes and ", in.block_ids.size(),
+          " block ids do not fit ", shape.num_layers, " layers of ", shape.num_tokens,
+          " tokens in blocks of ", in.block_size));
+    }
+  }
+  if (!gpus_[in.tier]->healthy()) {
+    return absl::UnavailableError(absl::StrCat("gpu tier ", in.tier,
+                                               " failed earlier and takes no new chunks"));
+  }
+  (*entry)->home = in.tier;
+  return PutGpu(in.tier, *std::move(entry), layout, num_pages,
+                [&](GpuWorker& w) { return w.EncodeDevice(layout, in); });
+}
+
+absl::StatusOr<ChunkInfo> StoreImpl::GetDevice(std::string_view ns, const ChunkKey& key,
+                                               const kernels::Slice& slice,
+                                               kernels::DType out_dtype,
+                                               const DeviceTensor& out) {
+  if (gpus_.empty()) return absl::FailedPreconditionError("cuda_ipc: this daemon has no GPU tier");
+  if (out.tier < 0 || out.tier >= static_cast<int>(gpus_.size())) {
+    return absl::InvalidArgumentError(absl::StrCat("device tier ", out.tier, " is out of range"));
+  }
+  absl::StatusOr<Entry*> pinned = PinForRead(ns, key);
+  if (!pinned.ok()) return pinned.status();
+  Pin pin(this, *pinned);
+  absl::StatusOr<kernels::Slice> resolved = ResolveRead(*pin.get(), slice, out_dtype);
+  if (!resolved.ok()) return resolved.status();
+  if (out.paged()) {
+    const uint64_t slots = uint64_t{out.first_slot} + pin->header.layout.shape.num_tokens;
+    const uint32_t ls = resolved->layer_end - resolved->layer_begin;
+    if (out.planes.size() != 2ull * ls || out.block_size == 0 ||
+        out.block_ids.size() != (slots + out.block_size - 1) / out.block_size) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "paged output: ", out.planes.size(), " planes and ", out.block_ids.size(),
+          " block ids do not fit ", ls, " layers of ",
+          pin->header.layout.shape.num_tokens, " tokens in blocks of ", out.block_size));
+    }
+  }
+  GpuWorker::Sections src;
+  src.pages = &pin->pages;
+  src.section_offset = pin->section_offset;
+  src.direct = pin->direct;
+  src.device = pin->tier >= 0 ? gpus_[pin->tier]->device() : -1;
+  src.host_registered = host_pool_registration_ != nullptr;
+  GpuTier::Lease w = gpus_[out.tier]->Acquire();
+  if (auto st = w->DecodeToDevice(pin->header, src, *resolved, out_dtype, out); !st.ok()) {
+    if (!absl::IsDataLoss(st)) NoteGpuError(out.tier, st);
+    return st;
+  }
+  if (options_.gpu_promote_on_read) MaybePromote(pin.get());
+  return pin->info;
+}
 
 void StoreImpl::NoteGpuError(int t, const absl::Status& st) {
   // Allocation failures (ResourceExhausted) and bad input (InvalidArgument) leave the
@@ -59,11 +246,10 @@ void StoreImpl::NoteGpuError(int t, const absl::Status& st) {
 
 absl::StatusOr<ChunkInfo> StoreImpl::PutGpu(int t, std::unique_ptr<Entry> entry,
                                             const kernels::ChunkLayout& layout,
-                                            uint64_t num_pages,
-                                            std::span<const uint8_t> payload) {
+                                            uint64_t num_pages, const GpuEncoder& encode) {
   GpuTier& tier = *gpus_[t];
   GpuTier::Lease w = tier.Acquire();  // held to the end: the encoded chunk lives in it
-  absl::StatusOr<const uint8_t*> chunk = w->Encode(layout, payload);
+  absl::StatusOr<const uint8_t*> chunk = encode(*w.operator->());
   if (!chunk.ok()) {
     NoteGpuError(t, chunk.status());
     return chunk.status();

@@ -96,20 +96,6 @@ uint64_t HashKey(std::string_view ns, const ChunkKey& key) {
 }
 
 // RAII: holds one reader reference on an entry; unpins on destruction.
-class StoreImpl::Pin {
- public:
-  Pin(StoreImpl* store, Entry* e) : store_(store), e_(e) {}
-  Pin(const Pin&) = delete;
-  Pin& operator=(const Pin&) = delete;
-  ~Pin() {
-    if (e_ != nullptr) store_->Unpin(e_);
-  }
-  const Entry* operator->() const { return e_; }
-
- private:
-  StoreImpl* const store_;
-  Entry* const e_;
-};
 
 StoreImpl::StoreImpl(const StoreOptions& options, std::unique_ptr<memory::PagePool> pool,
                      std::vector<std::unique_ptr<GpuTier>> gpus)
@@ -125,6 +111,19 @@ StoreImpl::StoreImpl(const StoreOptions& options, std::unique_ptr<memory::PagePo
     s.gpu_lru_pages.assign(gpus_.size(), 0);
     s.gpu_chunks.assign(gpus_.size(), 0);
   }
+#if KVSTASH_HAVE_CUDA
+  if (!gpus_.empty() && options_.gpu_pin_host_pool) {
+    absl::StatusOr<std::shared_ptr<void>> reg =
+        RegisterHostMemory(pool_->page(0), pool_->capacity_bytes());
+    if (reg.ok()) {
+      host_pool_registration_ = *std::move(reg);
+    } else {
+      spdlog::warn("store: host pool not registered with CUDA ({}); host-tier restores to a "
+                   "GPU go through staging buffers",
+                   reg.status().ToString());
+    }
+  }
+#endif
 }
 
 StoreImpl::~StoreImpl() {
@@ -341,14 +340,45 @@ absl::StatusOr<ChunkInfo> StoreImpl::Put(std::string_view ns, const ChunkKey& ke
   return Put(ns, key, shape, config, payload, PutOptions{});
 }
 
+absl::StatusOr<std::unique_ptr<Entry>> StoreImpl::NewEntry(std::string_view ns,
+                                                           const ChunkKey& key,
+                                                           const kernels::ChunkShape& shape,
+                                                           const kernels::CodecConfig& config,
+                                                           kernels::ChunkLayout* layout,
+                                                           uint64_t* num_pages) const {
+  if (auto st = ValidateNamespace(ns); !st.ok()) return st;
+  absl::StatusOr<kernels::ChunkLayout> made = kernels::MakeLayout(shape, config);
+  if (!made.ok()) return made.status();
+  *layout = *std::move(made);
+  // Each section gets its own page-aligned run so a layer-range read touches only the
+  // pages of the pairs it decodes. Every tier uses the same page size, so the runs are at
+  // the same offsets whichever tier holds the chunk.
+  const uint32_t num_pairs = layout->num_pairs();
+  auto entry = std::make_unique<Entry>();
+  entry->section_offset.resize(num_pairs);
+  uint64_t pages = pool_->PagesFor(layout->header_bytes);
+  for (uint32_t p = 0; p < num_pairs; ++p) {
+    entry->section_offset[p] = pages * pool_->page_bytes();
+    pages += pool_->PagesFor(layout->pairs[p].bytes);
+  }
+  *num_pages = pages;
+  entry->ns.assign(ns.data(), ns.size());
+  entry->key = key;
+  entry->hash = HashKey(ns, key);
+  return entry;
+}
+
 absl::StatusOr<ChunkInfo> StoreImpl::Put(std::string_view ns, const ChunkKey& key,
                                          const kernels::ChunkShape& shape,
                                          const kernels::CodecConfig& config,
                                          std::span<const uint8_t> payload,
                                          const PutOptions& put_options) {
-  if (auto st = ValidateNamespace(ns); !st.ok()) return st;
-  absl::StatusOr<kernels::ChunkLayout> layout = kernels::MakeLayout(shape, config);
-  if (!layout.ok()) return layout.status();
+  kernels::ChunkLayout lay;
+  uint64_t num_pages = 0;
+  absl::StatusOr<std::unique_ptr<Entry>> made = NewEntry(ns, key, shape, config, &lay, &num_pages);
+  if (!made.ok()) return made.status();
+  std::unique_ptr<Entry> entry = *std::move(made);
+  const kernels::ChunkLayout* layout = &lay;
   if (payload.size() != shape.payload_bytes()) {
     return absl::InvalidArgumentError(absl::StrCat("payload is ", payload.size(),
                                                    " bytes, the shape needs ",
@@ -360,20 +390,6 @@ absl::StatusOr<ChunkInfo> StoreImpl::Put(std::string_view ns, const ChunkKey& ke
                                                    " is out of range: the store has ",
                                                    gpus_.size(), " GPU tiers"));
   }
-  // Each section gets its own page-aligned run so a layer-range read touches only the
-  // pages of the pairs it decodes. Every tier uses the same page size, so the runs are at
-  // the same offsets whichever tier holds the chunk.
-  const uint32_t num_pairs = layout->num_pairs();
-  auto entry = std::make_unique<Entry>();
-  entry->section_offset.resize(num_pairs);
-  uint64_t num_pages = pool_->PagesFor(layout->header_bytes);
-  for (uint32_t p = 0; p < num_pairs; ++p) {
-    entry->section_offset[p] = num_pages * pool_->page_bytes();
-    num_pages += pool_->PagesFor(layout->pairs[p].bytes);
-  }
-  entry->ns.assign(ns.data(), ns.size());
-  entry->key = key;
-  entry->hash = HashKey(ns, key);
   // Without GPU tiers PutOptions::device means nothing (and is not range-checked).
   entry->home = gpus_.empty()                ? -1
                 : put_options.device >= 0 ? put_options.device
@@ -382,7 +398,8 @@ absl::StatusOr<ChunkInfo> StoreImpl::Put(std::string_view ns, const ChunkKey& ke
 #if KVSTASH_HAVE_CUDA
   if (const int home = entry->home; home >= 0) {
     if (gpus_[home]->healthy()) {
-      return PutGpu(home, std::move(entry), *layout, num_pages, payload);
+      return PutGpu(home, std::move(entry), *layout, num_pages,
+                    [&](GpuWorker& w) { return w.Encode(*layout, payload); });
     }
     // The device failed earlier: encode on the CPU into the host tier.
     gpu_fallbacks_.fetch_add(1, std::memory_order_relaxed);
@@ -476,9 +493,7 @@ ChunkInfo StoreImpl::Publish(std::unique_ptr<Entry> entry, bool evicted_self) {
   return info;
 }
 
-absl::StatusOr<ChunkInfo> StoreImpl::Get(std::string_view ns, const ChunkKey& key,
-                                         const kernels::Slice& slice, kernels::DType out_dtype,
-                                         const OutputAllocator& alloc) {
+absl::StatusOr<Entry*> StoreImpl::PinForRead(std::string_view ns, const ChunkKey& key) {
   gets_.fetch_add(1, std::memory_order_relaxed);
   if (auto st = ValidateNamespace(ns); !st.ok()) return st;
   const KeyRef k{ns, key, HashKey(ns, key)};
@@ -493,15 +508,28 @@ absl::StatusOr<ChunkInfo> StoreImpl::Get(std::string_view ns, const ChunkKey& ke
     return NotFound(ns, key);
   }
   hits_.fetch_add(1, std::memory_order_relaxed);
-  Pin pin(this, e);  // everything below runs unlocked; the pin keeps the pages alive
+  return e;
+}
 
+absl::StatusOr<kernels::Slice> StoreImpl::ResolveRead(const Entry& e, const kernels::Slice& slice,
+                                                      kernels::DType out_dtype) {
   if (out_dtype != kernels::DType::kF16 && out_dtype != kernels::DType::kBF16) {
     return absl::InvalidArgumentError(absl::StrCat(
         "out_dtype must be fp16 or bf16, got ", static_cast<int>(out_dtype)));
   }
-  const kernels::ChunkLayout& lay = pin->header.layout;
-  absl::StatusOr<kernels::Slice> resolved = kernels::ResolveSlice(lay.shape, slice);
+  return kernels::ResolveSlice(e.header.layout.shape, slice);
+}
+
+absl::StatusOr<ChunkInfo> StoreImpl::Get(std::string_view ns, const ChunkKey& key,
+                                         const kernels::Slice& slice, kernels::DType out_dtype,
+                                         const OutputAllocator& alloc) {
+  absl::StatusOr<Entry*> pinned = PinForRead(ns, key);
+  if (!pinned.ok()) return pinned.status();
+  Entry* e = *pinned;
+  Pin pin(this, e);  // everything below runs unlocked; the pin keeps the pages alive
+  absl::StatusOr<kernels::Slice> resolved = ResolveRead(*e, slice, out_dtype);
   if (!resolved.ok()) return resolved.status();
+  const kernels::ChunkLayout& lay = pin->header.layout;
   const kernels::PairRange range = kernels::PairsForSlice(*resolved);
 
 #if KVSTASH_HAVE_CUDA

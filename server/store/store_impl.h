@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/synchronization/mutex.h"
 #include "kvstash/kernels/codec.h"
@@ -157,8 +158,52 @@ class StoreImpl final : public Store {
   absl::Status Delete(std::string_view ns, const ChunkKey& key) override;
   StoreStats Stats() const override;
 
+#if KVSTASH_HAVE_CUDA
+  // Device data paths (store_gpu.cc).
+  absl::StatusOr<std::shared_ptr<const IpcMapping>> OpenIpcBuffer(
+      std::string_view handle, std::string_view device_uuid) override;
+  absl::StatusOr<ChunkInfo> PutDevice(std::string_view ns, const ChunkKey& key,
+                                      const kernels::ChunkShape& shape,
+                                      const kernels::CodecConfig& config,
+                                      const DeviceTensor& in) override;
+  absl::StatusOr<ChunkInfo> GetDevice(std::string_view ns, const ChunkKey& key,
+                                      const kernels::Slice& slice, kernels::DType out_dtype,
+                                      const DeviceTensor& out) override;
+  absl::StatusOr<std::shared_ptr<void>> RegisterHostMemory(void* data,
+                                                           uint64_t bytes) override;
+#endif
+
  private:
-  class Pin;
+  // Holds a reader's reference to an entry; unpins on destruction.
+  class Pin {
+   public:
+    Pin(StoreImpl* store, Entry* e) : store_(store), e_(e) {}
+    Pin(const Pin&) = delete;
+    Pin& operator=(const Pin&) = delete;
+    ~Pin() {
+      if (e_ != nullptr) store_->Unpin(e_);
+    }
+    const Entry* operator->() const { return e_; }
+    Entry* get() const { return e_; }
+
+   private:
+    StoreImpl* const store_;
+    Entry* const e_;
+  };
+
+  // The start of every Put: validates the namespace, shape, codec and device, and builds
+  // the unpublished entry (key, hash, one page-aligned run per section). Sets *layout and
+  // *num_pages; home is left -1.
+  absl::StatusOr<std::unique_ptr<Entry>> NewEntry(std::string_view ns, const ChunkKey& key,
+                                                  const kernels::ChunkShape& shape,
+                                                  const kernels::CodecConfig& config,
+                                                  kernels::ChunkLayout* layout,
+                                                  uint64_t* num_pages) const;
+  // The start of every Get: counts it, pins the entry (NotFound counts a miss) and resolves
+  // the slice and output dtype against it.
+  absl::StatusOr<Entry*> PinForRead(std::string_view ns, const ChunkKey& key);
+  static absl::StatusOr<kernels::Slice> ResolveRead(const Entry& e, const kernels::Slice& slice,
+                                                    kernels::DType out_dtype);
 
   Shard& ShardFor(uint64_t hash) const {
     return shards_[(hash >> 40) & (options_.num_shards - 1)];
@@ -211,9 +256,11 @@ class StoreImpl final : public Store {
   // GPU paths (store_gpu.cc; CUDA builds only, reached only when gpus_ is non-empty).
   // Encodes on GPU tier t and keeps the chunk there, demoting others as needed; when the
   // device pool cannot take it, stores the GPU-encoded chunk in the host tier instead.
+  // `encode` runs on the leased worker and returns the sealed chunk in its pinned memory.
+  using GpuEncoder = std::function<absl::StatusOr<const uint8_t*>(GpuWorker&)>;
   absl::StatusOr<ChunkInfo> PutGpu(int t, std::unique_ptr<Entry> entry,
                                    const kernels::ChunkLayout& layout, uint64_t num_pages,
-                                   std::span<const uint8_t> payload);
+                                   const GpuEncoder& encode);
   absl::Status GetGpu(const Entry& e, const kernels::Slice& resolved, kernels::DType out_dtype,
                       uint8_t* out);
   // Takes `num_pages` pages of GPU tier t, demoting least-recently-read unpinned chunks of
@@ -252,6 +299,15 @@ class StoreImpl final : public Store {
   std::atomic<uint64_t> demotions_{0};
   std::atomic<uint64_t> promotions_{0};
   std::atomic<uint64_t> gpu_fallbacks_{0};
+
+#if KVSTASH_HAVE_CUDA
+  // The host pool's cudaHostRegister (gpu_pin_host_pool), undone before pool_ is unmapped
+  // (members are destroyed in reverse order). Null when not registered.
+  std::shared_ptr<void> host_pool_registration_;
+  // Open CUDA IPC mappings by handle bytes; entries of closed mappings are dropped lazily.
+  absl::Mutex ipc_mu_;
+  absl::flat_hash_map<std::string, std::weak_ptr<const IpcMapping>> ipc_ ABSL_GUARDED_BY(ipc_mu_);
+#endif
 };
 
 }  // namespace kvstash::store::internal

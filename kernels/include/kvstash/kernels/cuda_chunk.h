@@ -8,6 +8,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <span>
 
 #include "absl/status/status.h"
 #include "kvstash/kernels/cuda_codec.h"
@@ -36,6 +37,18 @@ enum class ValidityCheck {
 absl::Status EncodeToHost(const ChunkLayout& layout, const uint16_t* d_in, uint8_t* d_out,
                           unsigned long long* d_flag, cudaStream_t stream, uint8_t* host_out,
                           ValidityCheck check = ValidityCheck::kStrict);
+
+// The input of an encode from a paged cache (cuda_codec.h's PagedView), with host copies of
+// its device arrays so a rejected element can be read back for the error message.
+struct PagedInput {
+  PagedView view;                             // device arrays
+  std::span<uint16_t* const> host_planes;     // == view.planes, on the host
+  std::span<const uint32_t> host_block_ids;   // == view.block_ids, on the host
+};
+// EncodeToHost gathering the chunk from a paged cache inside the encode kernels. Only
+// ValidityCheck::kFused (the validation pass reads contiguous input): d_out is scratch.
+absl::Status EncodeToHost(const ChunkLayout& layout, const PagedInput& in, uint8_t* d_out,
+                          unsigned long long* d_flag, cudaStream_t stream, uint8_t* host_out);
 
 }  // namespace kvstash::kernels::cuda
 

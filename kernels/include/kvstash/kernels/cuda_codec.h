@@ -152,6 +152,25 @@ struct ValidateParams {
 // REQUIRES: in, flag non-null; in 16-byte aligned. cudaErrorInvalidValue otherwise.
 cudaError_t LaunchValidate(const ValidateParams& p, cudaStream_t stream);
 
+// --- Paged caches --------------------------------------------------------------------------
+
+// A paged KV cache (vLLM / SGLang style) as the source of an encode or the destination of a
+// decode, instead of a contiguous [L][2][T][H][D] buffer. Plane 2i+x is tensor x (K, V) of
+// layer i (of the chunk for an encode, of the slice for a decode), laid out
+// [num_blocks][block_size][rowH][D] with rowH = H (encode) or the slice's heads (decode).
+// Token t lives at slot s = first_slot + t, in block block_ids[s / block_size], at
+// planes[2i+x] + block_ids[s / block_size]·block_stride + (s % block_size)·rowH·D elements.
+// Bounds are the caller's: the kernels read and write exactly those rows.
+struct PagedView {
+  uint16_t* const* planes = nullptr;  // device array of device pointers, each 16-byte aligned;
+                                      //   only read through by an encode
+  const uint32_t* block_ids = nullptr;  // device array, ceil((first_slot + T) / block_size)
+  uint32_t block_size = 0;            // tokens per block, >= 1
+  uint32_t first_slot = 0;            // < block_size
+  uint64_t block_stride = 0;          // elements between blocks; a multiple of 8
+  KVSTASH_CUDA_HD bool enabled() const { return planes != nullptr; }
+};
+
 // --- Encode ---------------------------------------------------------------------------------
 
 struct EncodeParams {
@@ -164,6 +183,9 @@ struct EncodeParams {
                                              //   *gate != kNoBadElement (separate pass)
   unsigned long long* first_bad = nullptr;   // [1] device or null: fused check; atomicMin
                                              //   of every bad element's flat index
+  PagedView paged;                // when enabled: read the input from it instead of `in`
+                                  //   (num_chunks must be 1); flat indexes stay those of the
+                                  //   contiguous layout
 };
 // Writes every section: codes, scales and zeros of each quantized tensor (a layer that
 // shares codes writes only its own scales and zeros) and the 16-bit tails. Head dims 64,
@@ -186,6 +208,8 @@ struct DecodeParams {
   uint32_t out_dtype = 1;                    // 1 fp16, 2 bf16
   uint16_t* out = nullptr;                   // [C][l1-l0][2][T][h1-h0][D] in out_dtype;
                                              //   device, 16-byte aligned
+  PagedView paged;                           // when enabled: write the slice into it
+                                             //   instead of `out` (num_chunks must be 1)
 };
 // Decodes the slice (docs/format.md sections 3 and 7). Does NOT verify checksums: the
 // sections must have been verified when they were stored or copied to the device.
@@ -194,7 +218,7 @@ cudaError_t LaunchDecode(const DecodeParams& p, cudaStream_t stream);
 // --- The straightforward alternative ----------------------------------------------------
 // One thread per group, scalar 16-bit loads and stores, a true fp32 division per element:
 // the benchmark's baseline and a second oracle in tests. Same contracts as above, without
-// the validity options.
+// the validity options, and no paged views.
 cudaError_t LaunchEncodeNaive(const EncodeParams& p, cudaStream_t stream);
 cudaError_t LaunchDecodeNaive(const DecodeParams& p, cudaStream_t stream);
 

@@ -104,6 +104,29 @@ void ToProto(uint32_t begin, uint32_t end, pb::Range* out) {
   out->set_end(end);
 }
 
+absl::Status ToProto(const PagedCache& p, pb::PagedLayout* out) {
+  for (size_t i = 0; i < p.planes.size(); ++i) {
+    const PagedPlane& plane = p.planes[i];
+    if (plane.region == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat("planes[", i, "].region: null"));
+    }
+    if (plane.offset > plane.region->size) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("planes[", i, "].offset: past the end of the region"));
+    }
+    pb::RegionRef* ref = out->add_planes();
+    ref->set_region_id(plane.region->id);
+    ref->set_token(plane.region->token);
+    ref->set_offset(plane.offset);
+    ref->set_length(plane.length != 0 ? plane.length : plane.region->size - plane.offset);
+  }
+  out->set_block_size(p.block_size);
+  out->set_block_stride(p.block_stride);
+  out->mutable_block_ids()->Add(p.block_ids.begin(), p.block_ids.end());
+  out->set_first_slot(p.first_slot);
+  return absl::OkStatus();
+}
+
 class GrpcClient final : public Client {
  public:
   GrpcClient(const ClientOptions& options, std::shared_ptr<grpc::Channel> channel)
@@ -124,7 +147,12 @@ class GrpcClient final : public Client {
       ToProto(c.shape, out->mutable_layout());
       out->set_dtype(ToProto(c.shape.dtype));
       if (absl::Status s = ToProto(c.codec, out->mutable_codec()); !s.ok()) return s;
-      if (c.region != nullptr) {
+      if (c.paged != nullptr) {
+        if (!c.data.empty() || c.region != nullptr) {
+          return absl::InvalidArgumentError("paged: set together with data or region (give one)");
+        }
+        if (absl::Status s = ToProto(*c.paged, out->mutable_data_paged()); !s.ok()) return s;
+      } else if (c.region != nullptr) {
         if (!c.data.empty()) {
           return absl::InvalidArgumentError("data: set together with region (give one)");
         }
@@ -166,6 +194,14 @@ class GrpcClient final : public Client {
     }
     req.set_output_dtype(ToProto(options.output_dtype));
     req.set_allow_missing(options.allow_missing);
+    if (options.output_paged != nullptr) {
+      if (options.output_region != nullptr) {
+        return absl::InvalidArgumentError("output_paged: set together with output_region");
+      }
+      if (absl::Status s = ToProto(*options.output_paged, req.mutable_output_paged()); !s.ok()) {
+        return s;
+      }
+    }
     if (options.output_region != nullptr) {
       const Region& r = *options.output_region;
       if (options.output_offset > r.size) {
@@ -194,6 +230,7 @@ class GrpcClient final : public Client {
       out.dtype = FromProto(r.dtype());
       out.data = std::move(*r.mutable_data());  // the response is heap-allocated: no copy
       out.region_offset = r.region_offset();
+      out.first_token = r.first_token();
       results.push_back(std::move(out));
     }
     return results;
@@ -271,7 +308,28 @@ class GrpcClient final : public Client {
         !s.ok()) {
       return s;
     }
-    return Region{resp.region_id(), resp.token(), resp.size(), resp.lease_seconds()};
+    return Region{resp.region_id(), resp.token(), resp.size(), resp.lease_seconds(),
+                  resp.pinned()};
+  }
+
+  absl::StatusOr<Region> RegisterCudaIpc(std::string_view ns, std::string_view handle,
+                                         std::string_view device_uuid, uint64_t size,
+                                         uint32_t lease_seconds,
+                                         const CallOptions& call) override {
+    pb::RegisterRegionRequest req;
+    req.set_namespace_(std::string(ns));
+    req.mutable_cuda_ipc()->set_handle(std::string(handle));
+    req.mutable_cuda_ipc()->set_device_uuid(std::string(device_uuid));
+    req.set_size(size);
+    req.set_lease_seconds(lease_seconds);
+    pb::RegisterRegionResponse resp;
+    grpc::ClientContext ctx;
+    SetDeadline(call, &ctx);
+    if (absl::Status s = internal::FromGrpcStatus(stub_->RegisterRegion(&ctx, req, &resp));
+        !s.ok()) {
+      return s;
+    }
+    return Region{resp.region_id(), resp.token(), resp.size(), resp.lease_seconds(), false};
   }
 
   absl::Status UnregisterRegion(const Region& region, const CallOptions& call) override {

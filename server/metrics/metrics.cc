@@ -88,6 +88,7 @@ std::string_view TransportName(Transport t) {
   switch (t) {
     case Transport::kGrpc: return "grpc";
     case Transport::kShm: return "shm";
+    case Transport::kCudaIpc: return "cuda_ipc";
   }
   return "unknown";
 }

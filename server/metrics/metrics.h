@@ -39,9 +39,9 @@ std::string_view MethodName(Method m);  // "Put", "Get", ...
 // How a request's payload reached the daemon: in gRPC messages, or through a registered
 // shared-memory region (Put/Get with a RegionRef, and the region RPCs). CUDA IPC will be a
 // further value.
-enum class Transport { kGrpc = 0, kShm };
-inline constexpr int kNumTransports = 2;
-std::string_view TransportName(Transport t);  // "grpc", "shm"
+enum class Transport { kGrpc = 0, kShm, kCudaIpc };
+inline constexpr int kNumTransports = 3;
+std::string_view TransportName(Transport t);  // "grpc", "shm", "cuda_ipc"
 
 enum class CodecOp { kEncode = 0, kDecode };
 

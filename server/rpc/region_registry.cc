@@ -26,8 +26,16 @@ struct Region {
   uint64_t size = 0;
   std::chrono::steady_clock::time_point expiry;
   uint32_t lease_seconds = 0;
+  // Shared memory: the GPU registration, dropped (cudaHostUnregister) before the munmap.
+  std::shared_ptr<void> host_registration;
+  // CUDA IPC: the store's mapping (base is its device pointer; fd stays -1).
+  std::shared_ptr<const store::IpcMapping> ipc;
+
+  int tier() const { return ipc != nullptr ? ipc->tier : -1; }
 
   ~Region() {
+    host_registration.reset();
+    if (ipc != nullptr) return;  // the store closes the mapping
     if (base != nullptr) munmap(base, size);
     if (fd >= 0) close(fd);
   }
@@ -71,10 +79,11 @@ absl::Status CheckRegionFile(const struct stat& st, uid_t euid, uint64_t size,
   return absl::OkStatus();
 }
 
-RegionRegistry::RegionRegistry(const RegionOptions& options,
+RegionRegistry::RegionRegistry(const RegionOptions& options, store::Store* store,
                                std::function<Clock::time_point()> now,
-                               std::function<void(size_t)> on_count)
+                               std::function<void(size_t, size_t)> on_count)
     : options_(options),
+      store_(store),
       now_(now ? std::move(now) : [] { return Clock::now(); }),
       on_count_(std::move(on_count)) {}
 
@@ -125,10 +134,41 @@ absl::StatusOr<RegionRegistry::Registered> RegionRegistry::Register(std::string_
   region->size = size;
   region->ns = std::string(ns);
   region->path = p;
+  if (store_ != nullptr) {
+    // Best effort: without it, copies to the GPUs go through staging buffers.
+    absl::StatusOr<std::shared_ptr<void>> reg = store_->RegisterHostMemory(region->base, size);
+    if (reg.ok()) region->host_registration = *std::move(reg);
+  }
+  return Insert(std::move(region), lease_seconds);
+}
+
+absl::StatusOr<RegionRegistry::Registered> RegionRegistry::RegisterCudaIpc(
+    std::string_view ns, std::string_view handle, std::string_view device_uuid, uint64_t size,
+    uint32_t lease_seconds) {
+  if (ns.empty()) return absl::InvalidArgumentError("namespace: empty");
+  if (store_ == nullptr)
+    return absl::FailedPreconditionError("cuda_ipc: this daemon has no GPU tier");
+  absl::StatusOr<std::shared_ptr<const store::IpcMapping>> ipc =
+      store_->OpenIpcBuffer(handle, device_uuid);
+  if (!ipc.ok()) return ipc.status();
+  if (size > (*ipc)->size)
+    return absl::InvalidArgumentError(absl::StrCat("size: ", size,
+                                                   " bytes, but the shared allocation has ",
+                                                   (*ipc)->size));
+  auto region = std::make_shared<internal::Region>();
+  region->ipc = *std::move(ipc);
+  region->base = region->ipc->data;
+  region->size = size == 0 ? region->ipc->size : size;
+  region->ns = std::string(ns);
+  region->path = absl::StrCat("cuda-ipc:tier", region->ipc->tier);
+  return Insert(std::move(region), lease_seconds);
+}
+
+absl::StatusOr<RegionRegistry::Registered> RegionRegistry::Insert(
+    std::shared_ptr<internal::Region> region, uint32_t lease_seconds) {
   region->token = RandomToken();
   region->lease_seconds = lease_seconds == 0 ? options_.default_lease_seconds
                                              : std::min(lease_seconds, options_.max_lease_seconds);
-
   Registered out;
   {
     absl::MutexLock lock(&mu_);
@@ -141,8 +181,9 @@ absl::StatusOr<RegionRegistry::Registered> RegionRegistry::Register(std::string_
     region->expiry = now + std::chrono::seconds(region->lease_seconds);
     out.region_id = next_id_++;
     out.token = region->token;
-    out.size = size;
+    out.size = region->size;
     out.lease_seconds = region->lease_seconds;
+    out.pinned = region->host_registration != nullptr;
     regions_.emplace(out.region_id, std::move(region));
     ReportCount();
   }
@@ -211,19 +252,27 @@ absl::StatusOr<RegionPin> RegionRegistry::Acquire(std::string_view ns, uint64_t 
   // The mapping would SIGBUS on pages the file no longer backs: check before any byte is
   // touched (the residual race is in the header comment).
   struct stat st;
-  if (fstat(region->fd, &st) != 0 || st.st_size < 0 ||
-      static_cast<uint64_t>(st.st_size) < region->size)
+  if (region->ipc == nullptr &&
+      (fstat(region->fd, &st) != 0 || st.st_size < 0 ||
+       static_cast<uint64_t>(st.st_size) < region->size))
     return absl::FailedPreconditionError(absl::StrCat(
         f, "region_id: the file of region ", region_id, " ('", region->path,
         "') was truncated to ", st.st_size, " bytes, below its registered size ",
         region->size, "; unregister it"));
   uint8_t* data = region->base + offset;
-  return RegionPin(std::move(region), data, length);
+  const int tier = region->tier();
+  return RegionPin(std::move(region), data, length, tier);
 }
 
 void RegionRegistry::Sweep() {
   absl::MutexLock lock(&mu_);
   SweepLocked(now_());
+}
+
+bool RegionRegistry::OnDevice(uint64_t region_id) const {
+  absl::MutexLock lock(&mu_);
+  auto it = regions_.find(region_id);
+  return it != regions_.end() && it->second->ipc != nullptr;
 }
 
 size_t RegionRegistry::size() const {
@@ -248,7 +297,10 @@ void RegionRegistry::SweepLocked(Clock::time_point now) {
 }
 
 void RegionRegistry::ReportCount() {
-  if (on_count_) on_count_(regions_.size());
+  if (!on_count_) return;
+  size_t cuda = 0;
+  for (const auto& [id, r] : regions_) cuda += r->ipc != nullptr ? 1 : 0;
+  on_count_(regions_.size() - cuda, cuda);
 }
 
 }  // namespace kvstash::rpc

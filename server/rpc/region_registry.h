@@ -1,7 +1,9 @@
-// Shared-memory regions registered by same-host clients (docs/api.md, "Shared-memory
-// regions"). A region is a file under /dev/shm that the client created and the daemon maps
-// MAP_SHARED; Put reads payloads from it and Get writes decoded output into it, so payload
-// bytes never travel in gRPC messages.
+// Regions registered by same-host clients (docs/api.md, "Shared-memory regions" and "CUDA
+// IPC"). A region is either a file under /dev/shm that the client created and the daemon
+// maps MAP_SHARED (registered with the GPUs for DMA when the daemon has any), or a device
+// buffer the client shared with cudaIpcGetMemHandle, which the daemon opens once through
+// the store and keeps mapped while the region lives. Put reads payloads from a region and
+// Get writes decoded output into it, so payload bytes never travel in gRPC messages.
 //
 // Ownership: Register returns an id and a random 128-bit token; every use must present both
 // and the namespace the region was registered under (PermissionDenied otherwise). Regions
@@ -37,6 +39,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "server/store/store.h"
 
 namespace kvstash::rpc {
 
@@ -66,15 +69,18 @@ struct Region;
 class RegionPin {
  public:
   RegionPin() = default;
-  RegionPin(std::shared_ptr<internal::Region> region, uint8_t* data, uint64_t size)
-      : region_(std::move(region)), data_(data), size_(size) {}
-  uint8_t* data() const { return data_; }
+  RegionPin(std::shared_ptr<internal::Region> region, uint8_t* data, uint64_t size, int tier)
+      : region_(std::move(region)), data_(data), size_(size), tier_(tier) {}
+  uint8_t* data() const { return data_; }  // host memory, or device memory when on_device()
   uint64_t size() const { return size_; }
+  bool on_device() const { return tier_ >= 0; }
+  int tier() const { return tier_; }  // the store's GPU tier of a CUDA IPC region, else -1
 
  private:
   std::shared_ptr<internal::Region> region_;
   uint8_t* data_ = nullptr;
   uint64_t size_ = 0;
+  int tier_ = -1;
 };
 
 class RegionRegistry {
@@ -86,13 +92,16 @@ class RegionRegistry {
     std::string token;
     uint64_t size = 0;
     uint32_t lease_seconds = 0;
+    bool pinned = false;  // shared memory registered with the GPUs (cudaHostRegister)
   };
 
-  // `now` (default steady_clock::now) is injectable for lease tests; `on_count` is called
-  // with the number of registered regions whenever it changes (the metrics gauge).
-  explicit RegionRegistry(const RegionOptions& options,
+  // `store` (may be null: no GPU features) opens CUDA IPC handles and registers shared
+  // memory with the GPUs. `now` (default steady_clock::now) is injectable for lease tests;
+  // `on_count` is called with the numbers of shared-memory and CUDA IPC regions whenever
+  // they change (the metrics gauges).
+  explicit RegionRegistry(const RegionOptions& options, store::Store* store = nullptr,
                           std::function<Clock::time_point()> now = nullptr,
-                          std::function<void(size_t)> on_count = nullptr);
+                          std::function<void(size_t shm, size_t cuda_ipc)> on_count = nullptr);
   ~RegionRegistry();
   RegionRegistry(const RegionRegistry&) = delete;
   RegionRegistry& operator=(const RegionRegistry&) = delete;
@@ -104,6 +113,14 @@ class RegionRegistry {
   // (not a regular file, shorter than size), ResourceExhausted (max_regions reached).
   absl::StatusOr<Registered> Register(std::string_view ns, std::string_view path,
                                       uint64_t size, uint32_t lease_seconds);
+  // Registers a CUDA IPC buffer: `handle` (cudaIpcMemHandle_t bytes) of the device with
+  // UUID `device_uuid`, opened through the store (cached there). size 0 = the whole
+  // allocation. InvalidArgument (ns empty, handle or uuid sizes, a handle the driver
+  // refuses, size larger than the allocation), FailedPrecondition (no GPU, or not one of
+  // the daemon's devices), ResourceExhausted (max_regions reached).
+  absl::StatusOr<Registered> RegisterCudaIpc(std::string_view ns, std::string_view handle,
+                                             std::string_view device_uuid, uint64_t size,
+                                             uint32_t lease_seconds);
   // NotFound (unknown or expired id), PermissionDenied (wrong token). The mapping goes when
   // the last in-flight request using it ends.
   absl::Status Unregister(uint64_t region_id, std::string_view token);
@@ -118,6 +135,9 @@ class RegionRegistry {
                                     std::string_view token, uint64_t offset, uint64_t length,
                                     std::string_view field);
 
+  // Whether region_id is a registered CUDA IPC region (false when unknown); for metrics.
+  bool OnDevice(uint64_t region_id) const;
+
   // Drops expired regions now (also done by every call above).
   void Sweep();
   size_t size() const;
@@ -130,9 +150,14 @@ class RegionRegistry {
                                                                std::string_view field)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
+  // Gives `region` an id and a lease and indexes it. ResourceExhausted at max_regions.
+  absl::StatusOr<Registered> Insert(std::shared_ptr<internal::Region> region,
+                                    uint32_t lease_seconds);
+
   const RegionOptions options_;
+  store::Store* const store_;
   const std::function<Clock::time_point()> now_;
-  const std::function<void(size_t)> on_count_;
+  const std::function<void(size_t, size_t)> on_count_;
   mutable absl::Mutex mu_;
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   std::map<uint64_t, std::shared_ptr<internal::Region>> regions_ ABSL_GUARDED_BY(mu_);

@@ -1,5 +1,6 @@
 #include "server/rpc/service.h"
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <cstring>
@@ -12,6 +13,7 @@
 #include "kvstash/kernels/codec.h"
 #include "kvstash/kernels/format.h"
 #include "kvstash/kernels/half.h"
+#include "server/rpc/paged.h"
 #include "server/rpc/status.h"
 #include "spdlog/spdlog.h"
 
@@ -191,6 +193,12 @@ absl::Status ValidatePutChunk(const v1::PutChunk& chunk, const std::string& p,
   }
 
   const uint64_t expected = shape.payload_bytes();
+  if (chunk.has_data_paged()) {
+    if (!chunk.data().empty() || chunk.has_data_region())
+      return absl::InvalidArgumentError(absl::StrCat(
+          p, ".data_paged: set together with data or data_region (give one)"));
+    return absl::OkStatus();  // checked against its regions by ResolvePaged
+  }
   if (chunk.has_data_region()) {
     if (!chunk.data().empty())
       return absl::InvalidArgumentError(
@@ -274,25 +282,61 @@ absl::Status HandlePut(store::Store& store, const ServiceOptions& options,
   // stored, and stays mapped until the call ends even if it is unregistered meanwhile.
   // The store encodes from the mapping into its own pages before publishing, so a chunk is
   // whole even when the client writes the range concurrently (it then gets what it wrote).
+  // A source in device memory (CUDA IPC) is read by the encode kernels in place; a paged
+  // cache in shared memory is gathered here first.
   std::vector<RegionPin> pins(n);
+  std::vector<std::optional<ResolvedPaged>> paged(n);
+  std::vector<std::vector<uint8_t>> gathered(n);
   std::vector<std::span<const uint8_t>> payloads(n);
+  std::vector<std::optional<store::DeviceTensor>> device(n);
   for (int i = 0; i < n; ++i) {
     const v1::PutChunk& c = request.chunks(i);
-    if (!c.has_data_region()) {
+    const std::string p = absl::StrCat("chunks[", i, "]");
+    const ChunkShape shape = ToShape(c.layout(), c.dtype());
+    if (c.has_data_paged()) {
+      absl::StatusOr<ResolvedPaged> r =
+          ResolvePaged(regions, c.namespace_(), c.data_paged(), shape.num_layers,
+                       shape.num_tokens, 2ull * shape.num_heads * shape.head_dim,
+                       absl::StrCat(p, ".data_paged"));
+      if (!r.ok()) return r.status();
+      paged[i] = *std::move(r);
+      const store::DeviceTensor window = paged[i]->Window(0, shape.num_tokens);
+      if (paged[i]->on_device()) {
+        device[i] = window;
+      } else {
+        gathered[i].resize(shape.payload_bytes());
+        GatherHost(window, shape.num_layers, shape.num_tokens, gathered[i].data());
+        payloads[i] = gathered[i];
+      }
+    } else if (c.has_data_region()) {
+      absl::StatusOr<RegionPin> pin =
+          PinRef(regions, c.namespace_(), c.data_region(), absl::StrCat(p, ".data_region"));
+      if (!pin.ok()) return pin.status();
+      pins[i] = std::move(*pin);
+      if (pins[i].on_device()) {
+        if (c.data_region().offset() % 16 != 0)
+          return absl::InvalidArgumentError(absl::StrCat(
+              p, ".data_region.offset: ", c.data_region().offset(),
+              " is not a multiple of 16 (required in device memory)"));
+        store::DeviceTensor d;
+        d.tier = pins[i].tier();
+        d.data = pins[i].data();
+        d.capacity = pins[i].size();
+        device[i] = std::move(d);
+      } else {
+        payloads[i] = {pins[i].data(), pins[i].size()};
+      }
+    } else {
       payloads[i] = Bytes(c.data());
-      continue;
     }
-    absl::StatusOr<RegionPin> pin =
-        PinRef(regions, c.namespace_(), c.data_region(), absl::StrCat("chunks[", i, "].data_region"));
-    if (!pin.ok()) return pin.status();
-    pins[i] = std::move(*pin);
-    payloads[i] = {pins[i].data(), pins[i].size()};
   }
 
   // Values are checked here too so that a NaN in chunk 5 stores nothing at all. A lone
-  // chunk needs no pre-scan: the store validates before it changes anything.
+  // chunk needs no pre-scan: the store validates before it changes anything. Device
+  // sources are checked by the encode kernels only (docs/api.md: earlier chunks stay).
   if (n > 1) {
     for (int i = 0; i < n; ++i) {
+      if (device[i]) continue;
       const v1::PutChunk& c = request.chunks(i);
       const ChunkShape shape = ToShape(c.layout(), c.dtype());
       if (absl::Status s = kernels::ValidateInput(
@@ -308,7 +352,8 @@ absl::Status HandlePut(store::Store& store, const ServiceOptions& options,
     const ChunkShape shape = ToShape(c.layout(), c.dtype());
     const CodecConfig config = ToCodecConfig(c.codec(), shape.num_layers);
     absl::StatusOr<store::ChunkInfo> info =
-        store.Put(c.namespace_(), ToStoreKey(c.key()), shape, config, payloads[i]);
+        device[i] ? store.PutDevice(c.namespace_(), ToStoreKey(c.key()), shape, config, *device[i])
+                  : store.Put(c.namespace_(), ToStoreKey(c.key()), shape, config, payloads[i]);
     if (!info.ok()) {
       absl::Status s = WithPrefix(absl::StrCat("chunks[", i, "]"), info.status());
       if (i > 0) {
@@ -329,7 +374,11 @@ absl::Status HandleGet(store::Store& store, const ServiceOptions& options,
                        const v1::GetRequest& request, v1::GetResponse* response,
                        RegionRegistry* regions) {
   if (absl::Status s = ValidateGetRequest(request, options); !s.ok()) return s;
+  if (request.has_output_region() && request.has_output_paged())
+    return absl::InvalidArgumentError(
+        "output_paged: set together with output_region (give one)");
   const bool to_region = request.has_output_region();
+  const bool to_paged = request.has_output_paged();
   RegionPin out_pin;
   if (to_region) {
     absl::StatusOr<RegionPin> pin =
@@ -346,8 +395,11 @@ absl::Status HandleGet(store::Store& store, const ServiceOptions& options,
   // Pass 1: size the response from the chunks' shapes before decoding a byte, so an
   // oversized Get fails fast instead of after seconds of decoding.
   std::vector<std::optional<store::ChunkInfo>> described(n);
+  std::vector<uint64_t> result_bytes(n, 0);
   uint64_t total = 16;
   uint64_t region_used = 0;  // with output_region: bytes from its offset to the last end
+  uint64_t paged_tokens = 0, paged_row = 0;  // with output_paged
+  uint32_t paged_layers = 0;
   for (int i = 0; i < n; ++i) {
     total += kGetResultOverheadBytes;
     const v1::ChunkKey& key = request.keys(i);
@@ -374,12 +426,32 @@ absl::Status HandleGet(store::Store& store, const ServiceOptions& options,
     absl::StatusOr<kernels::Slice> resolved = kernels::ResolveSlice(shape, slice);
     if (!resolved.ok()) return WithPrefix(absl::StrCat("keys[", i, "]"), resolved.status());
     const uint64_t bytes = kernels::DecodedBytes(shape, *resolved);
-    if (to_region) {
+    result_bytes[i] = bytes;
+    if (to_paged) {
+      const uint64_t row = 2ull * (resolved->head_end - resolved->head_begin) * shape.head_dim;
+      const uint32_t ls = resolved->layer_end - resolved->layer_begin;
+      if (paged_row != 0 && (row != paged_row || ls != paged_layers))
+        return absl::InvalidArgumentError(absl::StrCat(
+            "output_paged: the slice of keys[", i, "] has ", ls, " layers of ", row,
+            "-byte rows, an earlier one ", paged_layers, " of ", paged_row,
+            "; one paged cache takes one geometry"));
+      paged_row = row;
+      paged_layers = ls;
+      paged_tokens += shape.num_tokens;
+    } else if (to_region) {
       region_used = AlignUp64(region_used) + bytes;
     } else {
       total += bytes;
     }
     described[i] = *info;
+  }
+  std::optional<ResolvedPaged> out_paged;
+  if (to_paged && paged_tokens > 0) {
+    absl::StatusOr<ResolvedPaged> r =
+        ResolvePaged(regions, ns, request.output_paged(), paged_layers, paged_tokens, paged_row,
+                     "output_paged");
+    if (!r.ok()) return r.status();
+    out_paged = *std::move(r);
   }
   if (to_region && region_used > out_pin.size())
     return absl::InvalidArgumentError(absl::StrCat(
@@ -394,7 +466,9 @@ absl::Status HandleGet(store::Store& store, const ServiceOptions& options,
 
   // Pass 2: decode each slice straight into its result's bytes field (or the region).
   response->mutable_results()->Reserve(n);
-  uint64_t cursor = 0;
+  uint64_t cursor = 0;      // output_region: bytes used from its offset
+  uint64_t token_at = 0;    // output_paged: tokens placed
+  thread_local std::vector<uint8_t> scatter;  // output_paged in shared memory
   for (int i = 0; i < n; ++i) {
     const v1::ChunkKey& key = request.keys(i);
     v1::GetResult* result = response->add_results();
@@ -420,8 +494,44 @@ absl::Status HandleGet(store::Store& store, const ServiceOptions& options,
         return out_pin.data() + at;
       };
     }
-    absl::StatusOr<store::ChunkInfo> info =
-        store.Get(ns, ToStoreKey(key), slice, out, alloc);
+    absl::StatusOr<store::ChunkInfo> info;
+    std::optional<store::DeviceTensor> window;
+    const uint32_t tokens = described[i] ? described[i]->shape.num_tokens : 0;
+    if (out_paged && described[i]) {
+      // The chunk was there in pass 1: its tokens take their slots whether or not it is
+      // still there now.
+      window = out_paged->Window(token_at, tokens);
+      result->set_first_token(token_at);
+      token_at += tokens;
+    } else if (to_paged) {
+      window = store::DeviceTensor();  // absent in pass 1: takes no slots
+    } else if (to_region && out_pin.on_device()) {
+      const uint64_t at = AlignUp64(cursor);
+      window = store::DeviceTensor();
+      window->tier = out_pin.tier();
+      window->data = out_pin.data() + std::min(at, out_pin.size());
+      window->capacity = at < out_pin.size() ? out_pin.size() - at : 0;
+      if (described[i]) {
+        cursor = at + result_bytes[i];
+        result->set_region_offset(region_begin + at);
+      }
+    }
+    if (!window) {
+      info = store.Get(ns, ToStoreKey(key), slice, out, alloc);
+    } else if (to_paged && !described[i]) {
+      info = absl::NotFoundError("absent in pass 1");
+    } else if (window->tier >= 0) {
+      info = store.GetDevice(ns, ToStoreKey(key), slice, out, *window);
+    } else {
+      // Shared-memory paged cache: decode, then scatter the rows into the blocks.
+      const uint64_t rows_bytes = uint64_t{paged_layers} * 2 * tokens * window->row_bytes;
+      info = store.Get(ns, ToStoreKey(key), slice, out, [&](uint64_t bytes) -> uint8_t* {
+        if (bytes != rows_bytes) return nullptr;  // replaced by another geometry
+        scatter.resize(bytes);
+        return scatter.data();
+      });
+      if (info.ok()) ScatterHost(*window, paged_layers, tokens, scatter.data());
+    }
     if (!info.ok()) {
       if (info.status().code() == absl::StatusCode::kNotFound) {
         if (!request.allow_missing())  // deleted or evicted since pass 1
@@ -506,13 +616,23 @@ absl::Status HandleRegisterRegion(RegionRegistry& regions, const ServiceOptions&
                                   v1::RegisterRegionResponse* response) {
   if (absl::Status s = ValidateNamespace(request.namespace_(), "namespace", options); !s.ok())
     return s;
-  absl::StatusOr<RegionRegistry::Registered> r = regions.Register(
-      request.namespace_(), request.path(), request.size(), request.lease_seconds());
+  absl::StatusOr<RegionRegistry::Registered> r;
+  if (request.has_cuda_ipc()) {
+    if (!request.path().empty())
+      return absl::InvalidArgumentError("path: set together with cuda_ipc (give one)");
+    r = regions.RegisterCudaIpc(request.namespace_(), request.cuda_ipc().handle(),
+                                request.cuda_ipc().device_uuid(), request.size(),
+                                request.lease_seconds());
+  } else {
+    r = regions.Register(request.namespace_(), request.path(), request.size(),
+                         request.lease_seconds());
+  }
   if (!r.ok()) return r.status();
   response->set_region_id(r->region_id);
   response->set_token(r->token);
   response->set_size(r->size);
   response->set_lease_seconds(r->lease_seconds);
+  response->set_pinned(r->pinned);
   return absl::OkStatus();
 }
 
@@ -564,10 +684,12 @@ KvStashService::KvStashService(store::Store* store, const ServiceOptions& option
     : store_(store),
       options_(options),
       metrics_(metrics),
-      regions_(options.regions, nullptr,
-               [metrics](size_t n) {
-                 if (metrics != nullptr)
-                   metrics->SetRegisteredRegions(metrics::Transport::kShm, static_cast<double>(n));
+      regions_(options.regions, store, nullptr,
+               [metrics](size_t shm, size_t cuda_ipc) {
+                 if (metrics == nullptr) return;
+                 metrics->SetRegisteredRegions(metrics::Transport::kShm, static_cast<double>(shm));
+                 metrics->SetRegisteredRegions(metrics::Transport::kCudaIpc,
+                                               static_cast<double>(cuda_ipc));
                }),
       pool_(options.worker_threads) {}
 
@@ -582,6 +704,12 @@ KvStashService::Call KvStashService::Begin(metrics::Method method,
     call.bytes_in = request.ByteSizeLong();
   }
   return call;
+}
+
+metrics::Transport KvStashService::TransportOf(const v1::RegionRef* ref) const {
+  if (ref == nullptr) return metrics::Transport::kGrpc;
+  return regions_.OnDevice(ref->region_id()) ? metrics::Transport::kCudaIpc
+                                             : metrics::Transport::kShm;
 }
 
 bool KvStashService::RefuseIfDraining(grpc::ServerUnaryReactor* reactor, const Call& call) {
@@ -602,7 +730,7 @@ std::function<void()> KvStashService::AfterPut(const v1::PutRequest& request,
   const uint64_t every = options_.fidelity_probe_every;
   if (every == 0 || request.chunks_size() == 0 || response.results_size() == 0) return nullptr;
   // A payload in a client's region may change after the reply: nothing stable to compare.
-  if (request.chunks(0).has_data_region()) return nullptr;
+  if (request.chunks(0).has_data_region() || request.chunks(0).has_data_paged()) return nullptr;
   if (puts_ok_.fetch_add(1, std::memory_order_relaxed) % every != every - 1) return nullptr;
 
   // The probe outlives the call, so it takes what it needs: the first chunk's identity,
@@ -667,10 +795,13 @@ grpc::ServerUnaryReactor* KvStashService::Put(grpc::CallbackServerContext* conte
                                               const v1::PutRequest* request,
                                               v1::PutResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  bool shm = false;
-  for (const v1::PutChunk& c : request->chunks()) shm = shm || c.has_data_region();
-  const Call call = Begin(metrics::Method::kPut, *request,
-                          shm ? metrics::Transport::kShm : metrics::Transport::kGrpc);
+  const v1::RegionRef* ref = nullptr;  // the first region the payloads come from
+  for (const v1::PutChunk& c : request->chunks()) {
+    if (ref != nullptr) break;
+    if (c.has_data_region()) ref = &c.data_region();
+    if (c.has_data_paged() && c.data_paged().planes_size() > 0) ref = &c.data_paged().planes(0);
+  }
+  const Call call = Begin(metrics::Method::kPut, *request, TransportOf(ref));
   if (RefuseIfDraining(reactor, call)) return reactor;
   // request, response and context stay valid until the reactor is finished.
   pool_.Submit([this, context, request, response, reactor, call] {
@@ -696,9 +827,12 @@ grpc::ServerUnaryReactor* KvStashService::Get(grpc::CallbackServerContext* conte
                                               const v1::GetRequest* request,
                                               v1::GetResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  const Call call = Begin(metrics::Method::kGet, *request,
-                          request->has_output_region() ? metrics::Transport::kShm
-                                                       : metrics::Transport::kGrpc);
+  const v1::RegionRef* ref =
+      request->has_output_region() ? &request->output_region()
+      : request->has_output_paged() && request->output_paged().planes_size() > 0
+          ? &request->output_paged().planes(0)
+          : nullptr;
+  const Call call = Begin(metrics::Method::kGet, *request, TransportOf(ref));
   if (RefuseIfDraining(reactor, call)) return reactor;
   pool_.Submit([this, context, request, response, reactor, call] {
     if (context->IsCancelled()) {

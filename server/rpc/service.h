@@ -164,6 +164,8 @@ class KvStashService final : public v1::KvStash::CallbackService {
   Call Begin(metrics::Method method, const google::protobuf::Message& request,
              metrics::Transport transport = metrics::Transport::kGrpc);
   // Finishes the reactor with UNAVAILABLE and returns true when draining.
+  // The transport a Put/Get's payload takes, by the kind of its first region (none: gRPC).
+  metrics::Transport TransportOf(const v1::RegionRef* ref) const;
   bool RefuseIfDraining(grpc::ServerUnaryReactor* reactor, const Call& call);
   // Logs failures worth an operator's attention, records the call, then finishes.
   // `response` is measured only when `status` is OK.

@@ -89,6 +89,10 @@ struct PutOptions {
 struct DeviceTensor {
   int tier = -1;                 // index into StoreStats::gpus; the memory is on that device
   uint8_t* data = nullptr;       // contiguous (16-byte aligned); null when paged
+  uint64_t capacity = 0;         // contiguous Get: bytes writable at data (a larger slice
+                                 //   fails with ResourceExhausted, writing nothing)
+  uint64_t row_bytes = 0;        // paged: bytes of one token row the caller checked bounds
+                                 //   for (heads·D·2); a chunk whose rows differ is refused
   // Paged: planes 2i + x = tensor x (K, V) of layer i of the chunk (Put) or of the slice
   // (Get), each [num_blocks][block_size][rows heads][D]; token t at slot first_slot + t.
   std::vector<uint8_t*> planes;  // 16-byte aligned

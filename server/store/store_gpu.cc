@@ -182,7 +182,7 @@ absl::StatusOr<ChunkInfo> StoreImpl::PutDevice(std::string_view ns, const ChunkK
   }
   if (in.paged()) {
     const uint64_t slots = uint64_t{in.first_slot} + shape.num_tokens;
-    if (in.planes.size() != 2ull * shape.num_layers || in.block_size == 0 ||
+    if (in.row_bytes != 2ull * shape.num_heads * shape.head_dim || in.planes.size() != 2ull * shape.num_layers || in.block_size == 0 ||
         in.block_ids.size() != (slots + in.block_size - 1) / in.block_size) {
       return absl::InvalidArgumentError(absl::StrCat(
           "paged input: ", in.planes.size(), " planes and ", in.block_ids.size(),
@@ -212,9 +212,21 @@ absl::StatusOr<ChunkInfo> StoreImpl::GetDevice(std::string_view ns, const ChunkK
   Pin pin(this, *pinned);
   absl::StatusOr<kernels::Slice> resolved = ResolveRead(*pin.get(), slice, out_dtype);
   if (!resolved.ok()) return resolved.status();
-  if (out.paged()) {
-    const uint64_t slots = uint64_t{out.first_slot} + pin->header.layout.shape.num_tokens;
+  const kernels::ChunkShape& shape = pin->header.layout.shape;
+  if (!out.paged()) {
+    const uint64_t bytes = kernels::DecodedBytes(shape, *resolved);
+    if (bytes > out.capacity) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "store: the slice is ", bytes, " bytes, the output holds ", out.capacity));
+    }
+  } else {
+    const uint64_t slots = uint64_t{out.first_slot} + shape.num_tokens;
     const uint32_t ls = resolved->layer_end - resolved->layer_begin;
+    const uint64_t row = 2ull * (resolved->head_end - resolved->head_begin) * shape.head_dim;
+    if (out.row_bytes != row) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "paged output: rows of ", out.row_bytes, " bytes, the slice has ", row));
+    }
     if (out.planes.size() != 2ull * ls || out.block_size == 0 ||
         out.block_ids.size() != (slots + out.block_size - 1) / out.block_size) {
       return absl::InvalidArgumentError(absl::StrCat(

@@ -77,11 +77,31 @@ struct ChunkInfo {
 
 // A shared-memory region registered with the daemon (Client::RegisterRegion; docs/api.md,
 // "Shared-memory regions"). Usable only with the namespace it was registered under.
+// A CUDA IPC buffer registered with Client::RegisterCudaIpc is a Region too: offsets count
+// from the start of the shared allocation.
 struct Region {
   uint64_t id = 0;
   std::string token;                   // ownership proof, sent with every use
   uint64_t size = 0;                   // bytes the daemon mapped
   uint32_t lease_seconds = 0;          // expires this long after registering or renewing
+  bool pinned = false;                 // shared memory registered with the daemon's GPUs
+};
+
+// A paged KV cache in registered regions (docs/api.md, "Paged caches"): per layer a K and a
+// V plane of [num_blocks][block_size][heads][head_dim] 16-bit values, and the blocks that
+// hold the tokens in order. Token t is slot (first_slot + t) % block_size of block
+// block_ids[(first_slot + t) / block_size].
+struct PagedPlane {
+  const Region* region = nullptr;      // not owned; must outlive the call
+  uint64_t offset = 0;                 // block 0 of the plane, a multiple of 16
+  uint64_t length = 0;                 // bytes of the plane (0 = to the end of the region)
+};
+struct PagedCache {
+  std::vector<PagedPlane> planes;      // 2 per layer: layer 0 K, layer 0 V, layer 1 K, ...
+  uint32_t block_size = 0;             // tokens per block
+  uint64_t block_stride = 0;           // bytes from a block to the next (multiple of 16)
+  std::vector<uint32_t> block_ids;
+  uint32_t first_slot = 0;             // slot of the first token in block_ids[0]
 };
 
 // One chunk to store. `data` is borrowed for the duration of the call.
@@ -94,6 +114,8 @@ struct PutChunk {
   // bytes at `region_offset` of this registered region. Not owned; must outlive the call.
   const Region* region = nullptr;
   uint64_t region_offset = 0;
+  // Instead of `data` and `region`: gather the chunk from a paged cache (all its layers).
+  const PagedCache* paged = nullptr;
 };
 
 struct PutResult {
@@ -117,6 +139,9 @@ struct GetOptions {
   const Region* output_region = nullptr;
   uint64_t output_offset = 0;
   uint64_t output_length = 0;
+  // Instead of output_region: scatter the found results' tokens, in order, into a paged
+  // cache (planes for the requested layers, rows of the requested heads).
+  const PagedCache* output_paged = nullptr;
 };
 
 struct GetResult {
@@ -129,6 +154,8 @@ struct GetResult {
   std::string data;
   // With GetOptions::output_region: where in the region the slice was written.
   uint64_t region_offset = 0;
+  // With GetOptions::output_paged: this result's first token in the concatenation.
+  uint64_t first_token = 0;
 };
 
 struct DeleteResult {
@@ -205,6 +232,13 @@ class Client {
                                                 uint64_t size, uint32_t lease_seconds = 0,
                                                 const CallOptions& call = {}) = 0;
   // Releases the region; requests already using it finish first.
+  // Registers a device buffer shared by cudaIpcGetMemHandle: `handle` is the 64 bytes of the
+  // cudaIpcMemHandle_t, `device_uuid` the 16 bytes of its device's cudaDeviceProp::uuid.
+  // size 0 = the whole allocation. Errors: docs/api.md, "CUDA IPC".
+  virtual absl::StatusOr<Region> RegisterCudaIpc(std::string_view ns, std::string_view handle,
+                                                 std::string_view device_uuid, uint64_t size = 0,
+                                                 uint32_t lease_seconds = 0,
+                                                 const CallOptions& call = {}) = 0;
   virtual absl::Status UnregisterRegion(const Region& region, const CallOptions& call = {}) = 0;
   // Restarts the region's lease.
   virtual absl::Status RenewRegion(const Region& region, const CallOptions& call = {}) = 0;

@@ -1,0 +1,57 @@
+// Paged KV caches in registered regions (docs/api.md, "Paged caches"): resolving a
+// v1::PagedLayout of a request into pinned, bounds-checked plane addresses, and the host
+// gather/scatter used when the planes are in shared memory (on a GPU the kernels do it).
+//
+// Thread-compatible: no shared state.
+#ifndef KVSTASH_SERVER_RPC_PAGED_H_
+#define KVSTASH_SERVER_RPC_PAGED_H_
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "kvstash/v1/kvstash.pb.h"
+#include "server/rpc/region_registry.h"
+#include "server/store/store.h"
+
+namespace kvstash::rpc {
+
+// A PagedLayout with every plane pinned and every block checked against its plane.
+struct ResolvedPaged {
+  std::vector<RegionPin> pins;   // one per plane; keeps the regions mapped
+  int tier = -1;                 // the planes' GPU tier (CUDA IPC), or -1 (shared memory)
+  std::vector<uint8_t*> planes;  // block 0 of each plane
+  std::vector<uint32_t> block_ids;
+  uint32_t block_size = 0;
+  uint32_t first_slot = 0;
+  uint64_t block_stride = 0;     // bytes
+  uint64_t row_bytes = 0;        // one token: heads·D·2
+
+  bool on_device() const { return tier >= 0; }
+  uint64_t slots() const { return uint64_t{block_ids.size()} * block_size; }
+  // The store's view of tokens [t0, t0 + tokens) of the concatenation (a Get's result i).
+  store::DeviceTensor Window(uint64_t t0, uint64_t tokens) const;
+};
+
+// Validates `paged` (field names prefixed by `field`, e.g. "chunks[1].data_paged") for
+// `layers` layers whose token rows are `row_bytes`, holding `tokens` tokens in all, and pins
+// its planes. InvalidArgument (counts, alignment, a block past its plane, planes of mixed
+// kinds or devices), and Acquire's errors (NotFound, PermissionDenied, ...).
+absl::StatusOr<ResolvedPaged> ResolvePaged(RegionRegistry* regions, std::string_view ns,
+                                           const v1::PagedLayout& paged, uint32_t layers,
+                                           uint64_t tokens, uint64_t row_bytes,
+                                           const std::string& field);
+
+// Host copies between a shared-memory paged cache and the contiguous [layers][2][T][rows]
+// layout of `window` (from ResolvedPaged::Window, shared memory only).
+void GatherHost(const store::DeviceTensor& window, uint32_t layers, uint32_t tokens,
+                uint8_t* out);
+void ScatterHost(const store::DeviceTensor& window, uint32_t layers, uint32_t tokens,
+                 const uint8_t* in);
+
+}  // namespace kvstash::rpc
+
+#endif  // KVSTASH_SERVER_RPC_PAGED_H_

@@ -30,17 +30,9 @@ uint64_t FreshSeed() {
   return (uint64_t{rd()} << 32) | rd();
 }
 
-// The slice the daemon must return for `in`, from the codec itself.
 std::vector<uint8_t> Oracle(const ChunkShape& shape, const std::vector<uint16_t>& in,
                             const kernels::Slice& slice = {}) {
-  auto enc = kernels::EncodeChunk(shape, kernels::PresetConfig(Preset::kXQuant, shape.num_layers),
-                                  in);
-  EXPECT_TRUE(enc.ok()) << enc.status();
-  std::vector<uint16_t> out;
-  EXPECT_TRUE(kernels::Decode(enc->data(), enc->size(), slice, shape.dtype, &out).ok());
-  std::vector<uint8_t> bytes(out.size() * 2);
-  std::memcpy(bytes.data(), out.data(), bytes.size());
-  return bytes;
+  return testing::XQuantOracle(shape, in, slice);
 }
 
 // 80 tokens: two quantized groups and a 16-token tail, not a multiple of the block size.

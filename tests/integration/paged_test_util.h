@@ -12,7 +12,9 @@
 #include <random>
 #include <vector>
 
+#include "gtest/gtest.h"
 #include "kvstash/client/client.h"
+#include "kvstash/kernels/codec.h"
 #include "kvstash/kernels/format.h"
 
 namespace kvstash::testing {
@@ -34,6 +36,21 @@ struct PagedGeometry {
     return lx * plane_bytes() + b * stride() + slot * row_bytes();
   }
 };
+
+// The slice the daemon must return for `in` stored with the xquant preset, from the codec.
+inline std::vector<uint8_t> XQuantOracle(const kernels::ChunkShape& shape,
+                                         const std::vector<uint16_t>& in,
+                                         const kernels::Slice& slice = {}) {
+  auto enc = kernels::EncodeChunk(
+      shape, kernels::PresetConfig(kernels::Preset::kXQuant, shape.num_layers), in);
+  EXPECT_TRUE(enc.ok()) << enc.status();
+  if (!enc.ok()) return {};
+  std::vector<uint16_t> out;
+  EXPECT_TRUE(kernels::Decode(enc->data(), enc->size(), slice, shape.dtype, &out).ok());
+  std::vector<uint8_t> bytes(out.size() * 2);
+  std::memcpy(bytes.data(), out.data(), bytes.size());
+  return bytes;
+}
 
 // `count` distinct block ids in random order.
 inline std::vector<uint32_t> RandomBlocks(const PagedGeometry& g, uint32_t count,

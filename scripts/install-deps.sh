@@ -11,6 +11,8 @@ pkgs=(
   python3 python3-numpy
   # metrics endpoint (server/metrics) and the operators' tests (tests/operators)
   prometheus-cpp-dev libcivetweb-dev prometheus python3-yaml
+  # kvstash-bench --transport redis and bench/compare-redis.sh (the Redis comparison)
+  libhiredis-dev redis-server
 )
 # systemd-analyze verifies deploy/systemd/kvstashd.service; only pull in systemd for it
 # when the host has no systemd-analyze at all.

@@ -63,7 +63,7 @@ void Parallel(uint32_t n, Fn fn) {
 
 class Runner {
  public:
-  explicit Runner(const BenchOptions& o) : o_(o) {}
+  explicit Runner(const BenchOptions& o) : o_(o), put_keys_(o.keys) {}
 
   absl::Status Open(const TransportFactory& open) {
     for (uint32_t c = 0; c < o_.connections; ++c) {
@@ -84,12 +84,13 @@ class Runner {
       n = std::min(n, o_.keys);
     }
     payloads_.resize(n);
-    expected_.resize(o_.verify ? n : 0);
+    const bool expect_decode = o_.verify && !o_.raw_store;  // raw: a Get returns the payload
+    expected_.resize(expect_decode ? n : 0);
     std::vector<absl::Status> errors(n);
     const kernels::CodecConfig config = kernels::PresetConfig(o_.preset, o_.shape.num_layers);
     Parallel(n, [&](uint32_t p) {
       payloads_[p] = cli::GeneratePayload(o_.shape, o_.seed * 1000003 + p);
-      if (!o_.verify) return;
+      if (!expect_decode) return;
       absl::StatusOr<std::vector<uint8_t>> enc =
           kernels::EncodeChunk(o_.shape, config, payloads_[p]);
       if (!enc.ok()) {
@@ -186,6 +187,22 @@ class Runner {
 
   uint32_t workers() const { return o_.connections * o_.inflight; }
 
+  absl::StatusOr<uint64_t> ServerMemory() { return conns_[0]->ServerMemoryBytes(); }
+
+  // Distinct keys the server holds now: every pre-populated key, or for put the keys
+  // that a Put has stored so far.
+  uint64_t KeysStored() const {
+    switch (o_.workload) {
+      case Workload::kGet:
+      case Workload::kMixed: return o_.keys;
+      case Workload::kLookup: return uint64_t{StoredPrefix(o_.hit_rate, o_.chain_length)} * chains_.size();
+      case Workload::kPut: break;
+    }
+    uint64_t n = 0;
+    for (const std::atomic<bool>& k : put_keys_) n += k.load(std::memory_order_relaxed) ? 1 : 0;
+    return n;
+  }
+
  private:
   PutOp MakePut(const client::ChunkKey& key, size_t payload) const {
     const std::vector<uint16_t>& p = payloads_[payload];
@@ -214,7 +231,10 @@ class Runner {
     if (op == Op::kPut) {
       absl::StatusOr<uint64_t> r = t.Put(o_.ns, MakePut(BenchKey(o_.seed, key_index), payload));
       status = r.status();
-      if (r.ok()) stored = *r, logical = o_.shape.payload_bytes();
+      if (r.ok()) {
+        stored = *r, logical = o_.shape.payload_bytes();
+        put_keys_[key_index].store(true, std::memory_order_relaxed);
+      }
     } else if (op == Op::kGet) {
       absl::StatusOr<GetReply> r = t.Get(o_.ns, BenchKey(o_.seed, key_index));
       status = r.status();
@@ -234,7 +254,7 @@ class Runner {
     }
     if (o_.verify && op == Op::kGet) {
       ++s.verify_checked;
-      const std::vector<uint16_t>& want = expected_[payload];
+      const std::vector<uint16_t>& want = o_.raw_store ? payloads_[payload] : expected_[payload];
       const std::span<const uint8_t> bytes = got.bytes();
       if (bytes.size() != want.size() * 2 ||
           std::memcmp(bytes.data(), want.data(), bytes.size()) != 0) {
@@ -297,6 +317,7 @@ class Runner {
   std::vector<std::vector<uint16_t>> payloads_;
   std::vector<std::vector<uint16_t>> expected_;
   std::vector<std::vector<client::ChunkKey>> chains_;
+  std::vector<std::atomic<bool>> put_keys_;  // by key index: a Put of it succeeded
 };
 
 std::string LatencyJson(const OpReport& r) {
@@ -331,6 +352,10 @@ std::string TcpJson(const TcpDirection& d, uint64_t payload_bytes) {
 }
 
 double Rate(uint64_t n, double seconds) { return seconds > 0 ? n / seconds : 0.0; }
+
+std::string_view CodecName(const BenchOptions& o) {
+  return o.raw_store ? std::string_view("none") : kernels::PresetName(o.preset);
+}
 
 }  // namespace
 
@@ -476,6 +501,12 @@ uint64_t BenchReport::error_count() const {
   return n;
 }
 
+double BenchReport::memory_per_token() const {
+  const uint64_t tokens = keys_stored * options.shape.num_tokens;
+  if (!server_memory_after || tokens == 0) return 0;
+  return static_cast<double>(*server_memory_after) / tokens;
+}
+
 std::string BenchReport::Text() const {
   const BenchOptions& o = options;
   std::string out;
@@ -484,7 +515,7 @@ std::string BenchReport::Text() const {
   absl::StrAppendFormat(&out, "chunk     %s L=%u T=%u H=%u D=%u %s, %s logical, codec %s\n",
                         o.model, o.shape.num_layers, o.shape.num_tokens, o.shape.num_heads,
                         o.shape.head_dim, kernels::DTypeName(o.shape.dtype),
-                        cli::HumanBytes(o.shape.payload_bytes()), kernels::PresetName(o.preset));
+                        cli::HumanBytes(o.shape.payload_bytes()), CodecName(o));
   absl::StrAppendFormat(&out, "load      %u connections x %u inflight, %.2f s measured%s\n",
                         o.connections, o.inflight, seconds,
                         o.warmup_s > 0 ? absl::StrFormat(" after %.1f s warmup", o.warmup_s)
@@ -516,6 +547,17 @@ std::string BenchReport::Text() const {
   if (o.verify) {
     absl::StrAppendFormat(&out, "verify    %d checked, %d mismatches\n", verify_checked,
                           verify_mismatches);
+  }
+  if (server_memory_after) {
+    absl::StrAppendFormat(&out, "memory    server %s after the run (%s before), %d chunks x %u tokens stored",
+                          cli::HumanBytes(*server_memory_after),
+                          server_memory_before ? cli::HumanBytes(*server_memory_before) : "?",
+                          keys_stored, o.shape.num_tokens);
+    if (memory_per_token() > 0) {
+      absl::StrAppendFormat(&out, ": %.0f B per cached token (raw 16-bit: %d B)",
+                            memory_per_token(), o.shape.payload_bytes() / o.shape.num_tokens);
+    }
+    out += "\n";
   }
   if (memcpy_baseline) {
     const uint64_t bytes = o.shape.payload_bytes();
@@ -570,7 +612,7 @@ std::string BenchReport::Json() const {
       .Add("head_dim", o.shape.head_dim)
       .Add("dtype", kernels::DTypeName(o.shape.dtype))
       .Add("logical_bytes", o.shape.payload_bytes())
-      .Add("codec", kernels::PresetName(o.preset));
+      .Add("codec", CodecName(o));
   JsonObject ops_json;
   uint64_t total_ops = 0;
   for (int k = 0; k < kNumOps; ++k) {
@@ -618,6 +660,17 @@ std::string BenchReport::Json() const {
                            .Add("checked", verify_checked)
                            .Add("mismatches", verify_mismatches)
                            .str());
+  if (server_memory_after) {
+    JsonObject m;
+    if (server_memory_before) m.Add("before_bytes", *server_memory_before);
+    out.AddRaw("server_memory",
+               m.Add("after_bytes", *server_memory_after)
+                   .Add("keys_stored", keys_stored)
+                   .Add("tokens_stored", keys_stored * o.shape.num_tokens)
+                   .Add("bytes_per_token", memory_per_token())
+                   .Add("raw_bytes_per_token", o.shape.payload_bytes() / o.shape.num_tokens)
+                   .str());
+  }
   if (baseline) {
     const uint64_t bytes = o.shape.payload_bytes();
     const double up = baseline->upload.gbps(bytes), down = baseline->download.gbps(bytes);
@@ -668,6 +721,8 @@ absl::StatusOr<BenchReport> RunBench(const BenchOptions& options, const Transpor
   Runner runner(options);
   if (absl::Status st = runner.Open(open); !st.ok()) return st;
   if (absl::Status st = runner.Generate(); !st.ok()) return st;
+  // Server memory is optional in the report: a transport that cannot tell leaves it out.
+  absl::StatusOr<uint64_t> memory_before = runner.ServerMemory();
   if (absl::Status st = runner.Populate(); !st.ok()) {
     runner.Cleanup();
     return st;
@@ -698,6 +753,11 @@ absl::StatusOr<BenchReport> RunBench(const BenchOptions& options, const Transpor
     report.lookup_present += s.lookup_present;
   }
   for (OpReport& r : report.ops) std::sort(r.latency_ns.begin(), r.latency_ns.end());
+  if (absl::StatusOr<uint64_t> after = runner.ServerMemory(); after.ok()) {
+    report.server_memory_after = *after;
+    report.keys_stored = runner.KeysStored();
+    if (memory_before.ok()) report.server_memory_before = *memory_before;
+  }
   runner.Cleanup();
 
   if (options.memcpy_baseline) {

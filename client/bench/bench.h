@@ -68,6 +68,9 @@ struct BenchOptions {
   // memcpy baseline after the workload: each thread copies payload-sized buffers for
   // baseline_duration_s (or `count` copies in all); on by default for --transport shm.
   bool memcpy_baseline = false;
+  // The transport stores payloads as given, with no codec (redis): --verify expects the
+  // payload itself and the report names the codec "none".
+  bool raw_store = false;
 };
 
 // Throughput of memcpy: `threads` threads each copying `bytes`-byte buffers (distinct
@@ -122,8 +125,15 @@ struct BenchReport {
   uint64_t lookup_present = 0;           // of which in the present prefix
   std::optional<TcpBaselineResult> baseline;
   std::optional<MemcpyResult> memcpy_baseline;
+  // Transport::ServerMemoryBytes before pre-populating and after the measured phase (before
+  // the bench deletes its keys); absent when the transport does not report it.
+  std::optional<uint64_t> server_memory_before;
+  std::optional<uint64_t> server_memory_after;
+  uint64_t keys_stored = 0;  // distinct keys stored when server_memory_after was read
 
   uint64_t error_count() const;
+  // server_memory_after / (keys_stored · T): memory per cached token, bytes; 0 when unknown.
+  double memory_per_token() const;
   // Text for humans (stdout) and one JSON object (--json); docs/bench.md lists the fields.
   std::string Text() const;
   std::string Json() const;
@@ -136,7 +146,8 @@ using TransportFactory =
 // Runs the benchmark: opens options.connections transports, generates payloads (and their
 // expected decodes with --verify: kernels::Decode(kernels::EncodeChunk(payload)), which
 // the daemon must return byte for byte), pre-populates (get, mixed, lookup), runs the
-// warmup and the measured phase, then the TCP baseline, and deletes what it wrote.
+// warmup and the measured phase, reads the server's memory (before pre-populating and
+// after the measured phase), runs the TCP baseline, and deletes what it wrote.
 // Errors of individual operations are counted in the report, not returned; a failure to
 // open, pre-populate or run the baseline is returned with its status.
 absl::StatusOr<BenchReport> RunBench(const BenchOptions& options, const TransportFactory& open,

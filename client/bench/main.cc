@@ -52,9 +52,10 @@ int Main(int argc, char** argv) {
   int max_message_bytes = 256 << 20;
   bool json = false, progress = false, keep = false;
 
-  app.add_option("--addr", addr, "daemon address host:port")->capture_default_str();
+  app.add_option("--addr", addr, "daemon address host:port (redis: the Redis server's)")
+      ->capture_default_str();
   app.add_option("--transport", transport, "grpc | shm (same host: payloads through a registered /dev/shm region; cuda-ipc: not "
-                 "implemented yet)")
+                 "implemented yet) | redis (the peer: raw chunks in a Redis server, SET/GET)")
       ->capture_default_str();
   app.add_option("-w,--workload", workload, "put | get | mixed | lookup")->capture_default_str();
   app.add_option("-m,--model", model,
@@ -148,6 +149,8 @@ int Main(int argc, char** argv) {
   t.ns = o.ns;
   t.shm_slot_bytes = o.shape.payload_bytes();
   t.shm_slots = o.inflight;
+  t.redis_connections = o.inflight;  // a Redis socket serves one request at a time
+  o.raw_store = *kind == TransportKind::kRedis;
   // shm runs at memory speed: report it against memcpy of the same bytes, same threads.
   o.memcpy_baseline = *kind == TransportKind::kShm;
   auto open = [&](uint32_t) { return OpenTransport(*kind, t); };

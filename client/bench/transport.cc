@@ -13,6 +13,7 @@
 #include "kvstash/client/client.h"
 #include "kvstash/v1/kvstash.grpc.pb.h"
 #include "kvstash/v1/kvstash.pb.h"
+#include "redis_transport.h"
 
 namespace kvstash::bench {
 namespace {
@@ -102,6 +103,16 @@ class GrpcTransport final : public Transport {
     grpc::ClientContext ctx;
     SetDeadline(&ctx);
     return FromGrpc(stub_->Delete(&ctx, req, &resp));
+  }
+
+  absl::StatusOr<uint64_t> ServerMemoryBytes() override {
+    pb::StatsResponse resp;
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx);
+    if (absl::Status s = FromGrpc(stub_->Stats(&ctx, pb::StatsRequest(), &resp)); !s.ok()) {
+      return s;
+    }
+    return resp.used_bytes();
   }
 
  private:
@@ -227,6 +238,7 @@ class ShmTransport final : public Transport {
   absl::Status Delete(std::string_view ns, std::span<const client::ChunkKey> keys) override {
     return control_.Delete(ns, keys);
   }
+  absl::StatusOr<uint64_t> ServerMemoryBytes() override { return control_.ServerMemoryBytes(); }
 
  private:
   uint32_t Acquire() {
@@ -266,9 +278,10 @@ absl::StatusOr<TransportKind> ParseTransport(std::string_view name) {
   if (name == "grpc") return TransportKind::kGrpc;
   if (name == "shm") return TransportKind::kShm;
   if (name == "cuda-ipc") return TransportKind::kCudaIpc;
+  if (name == "redis") return TransportKind::kRedis;
   return absl::InvalidArgumentError(absl::StrCat(
       "--transport: unknown '", absl::string_view(name.data(), name.size()),
-      "'; known: grpc, shm, cuda-ipc"));
+      "'; known: grpc, shm, cuda-ipc, redis"));
 }
 
 std::string_view TransportName(TransportKind kind) {
@@ -276,12 +289,14 @@ std::string_view TransportName(TransportKind kind) {
     case TransportKind::kGrpc: return "grpc";
     case TransportKind::kShm: return "shm";
     case TransportKind::kCudaIpc: return "cuda-ipc";
+    case TransportKind::kRedis: return "redis";
   }
   return "unknown";
 }
 
 absl::StatusOr<std::unique_ptr<Transport>> OpenTransport(TransportKind kind,
                                                          const TransportOptions& options) {
+  if (kind == TransportKind::kRedis) return OpenRedisTransport(options);
   if (kind == TransportKind::kCudaIpc) {
     const std::string_view name = TransportName(kind);
     return absl::UnimplementedError(absl::StrCat(

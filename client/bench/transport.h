@@ -1,8 +1,9 @@
 // How kvstash-bench talks to the daemon. A Transport is one connection; the bench opens
 // --connections of them and runs --inflight threads on each. gRPC carries payloads in
 // messages; shm moves them through a shared-memory region registered with the daemon (gRPC
-// stays the control plane). CUDA IPC will be a further implementation (docs/bench.md,
-// "Transports").
+// stays the control plane). redis (redis_transport.h) is the peer a user would otherwise
+// pick: the same chunks, raw, in a Redis server. CUDA IPC will be a further implementation
+// (docs/bench.md, "Transports").
 //
 // Thread-safety: a Transport is thread-safe; its calls are independent and each carries the
 // deadline of TransportOptions::timeout.
@@ -24,9 +25,9 @@
 
 namespace kvstash::bench {
 
-enum class TransportKind { kGrpc, kShm, kCudaIpc };
+enum class TransportKind { kGrpc, kShm, kCudaIpc, kRedis };
 
-// "grpc", "shm", "cuda-ipc". InvalidArgument listing the names otherwise.
+// "grpc", "shm", "cuda-ipc", "redis". InvalidArgument listing the names otherwise.
 absl::StatusOr<TransportKind> ParseTransport(std::string_view name);
 std::string_view TransportName(TransportKind kind);
 
@@ -44,6 +45,9 @@ struct TransportOptions {
   std::string ns = "kvstash-bench";
   uint64_t shm_slot_bytes = 0;
   uint32_t shm_slots = 1;
+  // redis: sockets the transport opens, one per request in flight (Redis answers a
+  // socket's requests in order, so a pool-using client gives each its own). Default 1.
+  uint32_t redis_connections = 1;
 };
 
 // One chunk to store; `data` ([L][2][T][H][D], shape.dtype) is borrowed for the call.
@@ -80,6 +84,11 @@ class Transport {
                                           std::span<const client::ChunkKey> chain) = 0;
   // Removes the keys (absent ones are not an error).
   virtual absl::Status Delete(std::string_view ns, std::span<const client::ChunkKey> keys) = 0;
+  // Memory the server holds for what is stored, bytes: the daemon's pool bytes in use
+  // (Stats used_bytes), Redis's used_memory. Unimplemented when the transport cannot tell.
+  virtual absl::StatusOr<uint64_t> ServerMemoryBytes() {
+    return absl::UnimplementedError("server memory: not reported by this transport");
+  }
 };
 
 // Opens one connection. kGrpc: a gRPC channel with its own TCP connection (channels are
@@ -88,7 +97,7 @@ class Transport {
 // shm_slots × shm_slot_bytes (64-byte aligned slots) registered for options.ns, unregistered
 // when the transport is destroyed; Put copies the payload into a free slot and sends a
 // RegionRef, Get decodes into a slot (InvalidArgument when shm_slot_bytes is 0).
-// kCudaIpc: Unimplemented (not built yet).
+// kCudaIpc: Unimplemented (not built yet). kRedis: OpenRedisTransport (redis_transport.h).
 absl::StatusOr<std::unique_ptr<Transport>> OpenTransport(TransportKind kind,
                                                          const TransportOptions& options);
 

@@ -238,7 +238,11 @@ class Runner {
     } else if (op == Op::kGet) {
       absl::StatusOr<GetReply> r = t.Get(o_.ns, BenchKey(o_.seed, key_index));
       status = r.status();
-      if (r.ok()) stored = r->stored_bytes, logical = r->bytes().size(), got = std::move(*r);
+      if (r.ok()) {
+        stored = r->stored_bytes;
+        logical = r->logical_bytes != 0 ? r->logical_bytes : r->bytes().size();
+        got = std::move(*r);
+      }
     } else {
       chain = &chains_[i % chains_.size()];
       absl::StatusOr<uint32_t> r = t.Lookup(o_.ns, *chain);

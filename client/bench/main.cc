@@ -10,6 +10,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "bench.h"
+#include "cuda_ipc_transport.h"
 #include "cli_util.h"
 #include "json.h"
 #include "transport.h"
@@ -51,11 +52,15 @@ int Main(int argc, char** argv) {
   double timeout_s = 60;
   int max_message_bytes = 256 << 20;
   bool json = false, progress = false, keep = false;
+  int cuda_device = 0;
 
   app.add_option("--addr", addr, "daemon address host:port (redis: the Redis server's)")
       ->capture_default_str();
-  app.add_option("--transport", transport, "grpc | shm (same host: payloads through a registered /dev/shm region; cuda-ipc: not "
-                 "implemented yet) | redis (the peer: raw chunks in a Redis server, SET/GET)")
+  app.add_option("--transport", transport,
+                 "grpc | shm (same host: payloads through a registered /dev/shm region) | "
+                 "cuda-ipc (same node: payloads and outputs in this process's GPU memory, "
+                 "shared by CUDA IPC handles) | redis (the peer: raw chunks in a Redis "
+                 "server, SET/GET)")
       ->capture_default_str();
   app.add_option("-w,--workload", workload, "put | get | mixed | lookup")->capture_default_str();
   app.add_option("-m,--model", model,
@@ -86,6 +91,9 @@ int Main(int argc, char** argv) {
   app.add_option("--chains", o.chains, "lookup: chains")->capture_default_str();
   app.add_option("--chain-length", o.chain_length, "lookup: keys per chain")->capture_default_str();
   app.add_option("--hit-rate", o.hit_rate, "lookup: stored leading fraction of each chain")
+      ->capture_default_str();
+  app.add_option("--cuda-device", cuda_device,
+                 "cuda-ipc: CUDA device of the payloads and outputs (the daemon must use it)")
       ->capture_default_str();
   app.add_flag("--verify", o.verify, "check every Get byte for byte against the codec's output");
   app.add_flag("--keep", keep, "do not delete the bench keys at the end");
@@ -155,10 +163,29 @@ int Main(int argc, char** argv) {
   o.memcpy_baseline = *kind == TransportKind::kShm;
   auto open = [&](uint32_t) { return OpenTransport(*kind, t); };
 
+  t.cuda_device = cuda_device;
+  t.fetch_device_results = o.verify;
+
   absl::StatusOr<BenchReport> report =
       RunBench(o, open, std::string(TransportName(*kind)), addr);
   if (!report.ok()) return Fail(json, report.status());
-  std::cout << (json ? report->Json() + "\n" : report->Text());
+  std::string out = json ? report->Json() : report->Text();
+  if (*kind == TransportKind::kCudaIpc) {
+    // The device's physical limits for the same bytes, measured in this run.
+    absl::StatusOr<DeviceBaselines> b =
+        MeasureDeviceBaselines(cuda_device, o.shape.payload_bytes());
+    if (!b.ok()) return Fail(json, b.status());
+    if (json) {
+      out.pop_back();  // the closing brace of the report object
+      out += absl::StrCat(",\"device_baselines\":{\"d2d_gbps\":", b->d2d_gbps,
+                          ",\"h2d_pinned_gbps\":", b->h2d_pinned_gbps, "}}");
+    } else {
+      out += absl::StrCat("device baselines (same ", o.shape.payload_bytes(),
+                          " bytes): device-to-device copy ", b->d2d_gbps,
+                          " GB/s, pinned host-to-device copy ", b->h2d_pinned_gbps, " GB/s\n");
+    }
+  }
+  std::cout << out << (json ? "\n" : "");
   return report->error_count() == 0 ? cli::kExitOk : cli::kExitError;
 }
 

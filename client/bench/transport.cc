@@ -13,6 +13,7 @@
 #include "kvstash/client/client.h"
 #include "kvstash/v1/kvstash.grpc.pb.h"
 #include "kvstash/v1/kvstash.pb.h"
+#include "cuda_ipc_transport.h"
 #include "redis_transport.h"
 
 namespace kvstash::bench {
@@ -297,12 +298,7 @@ std::string_view TransportName(TransportKind kind) {
 absl::StatusOr<std::unique_ptr<Transport>> OpenTransport(TransportKind kind,
                                                          const TransportOptions& options) {
   if (kind == TransportKind::kRedis) return OpenRedisTransport(options);
-  if (kind == TransportKind::kCudaIpc) {
-    const std::string_view name = TransportName(kind);
-    return absl::UnimplementedError(absl::StrCat(
-        "--transport ", absl::string_view(name.data(), name.size()),
-        ": not implemented yet; available: grpc and shm (docs/bench.md)"));
-  }
+  if (kind == TransportKind::kCudaIpc) return OpenCudaIpcTransport(options);
   if (kind == TransportKind::kShm && (options.shm_slot_bytes == 0 || options.shm_slots == 0)) {
     return absl::InvalidArgumentError("shm: slot bytes and slots must be positive");
   }

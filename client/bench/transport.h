@@ -45,6 +45,10 @@ struct TransportOptions {
   std::string ns = "kvstash-bench";
   uint64_t shm_slot_bytes = 0;
   uint32_t shm_slots = 1;
+  // cuda-ipc: the CUDA device of the payloads and output slots (shm_slots × shm_slot_bytes),
+  // and whether Get copies results back to the host (for --verify; off, they stay there).
+  int cuda_device = 0;
+  bool fetch_device_results = false;
   // redis: sockets the transport opens, one per request in flight (Redis answers a
   // socket's requests in order, so a pool-using client gives each its own). Default 1.
   uint32_t redis_connections = 1;
@@ -65,6 +69,8 @@ struct GetReply {
   uint64_t stored_bytes = 0;
   std::span<const uint8_t> view;
   std::shared_ptr<void> hold;
+  // cuda-ipc without fetch_device_results: bytes decoded into device memory (data empty).
+  uint64_t logical_bytes = 0;
 
   std::span<const uint8_t> bytes() const {
     if (view.data() != nullptr) return view;

@@ -28,6 +28,7 @@
 #include <thread>
 #include <vector>
 
+#include "kvstash/kernels/xxh3.h"
 #include "absl/base/thread_annotations.h"
 #include "codec_internal.h"
 #include "kvstash/kernels/half.h"
@@ -136,7 +137,7 @@ class SectionHasher {
   SectionHasher() { XXH3_64bits_reset(&state_); }
   // Adds bytes [begin, end) of `data`.
   void Update(const uint8_t* data, uint64_t begin, uint64_t end) {
-    XXH3_64bits_update(&state_, data + begin, end - begin);
+    Xxh3Update(&state_, data + begin, end - begin);
   }
   uint64_t Digest() const { return XXH3_64bits_digest(&state_); }
 

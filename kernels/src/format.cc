@@ -1,6 +1,8 @@
 // Sizes, offsets and header I/O of the stored chunk format (docs/format.md).
 #include "kvstash/kernels/format.h"
 
+#include "kvstash/kernels/xxh3.h"
+
 #include <algorithm>
 #include <cstring>
 
@@ -219,7 +221,7 @@ absl::Status InvalidElementStatus(const ChunkShape& shape, uint64_t index, uint1
       std::string(DTypeName(shape.dtype)), " chunk"));
 }
 
-uint64_t Checksum(const void* data, size_t size) { return XXH3_64bits(data, size); }
+uint64_t Checksum(const void* data, size_t size) { return Xxh3(data, size); }
 
 void WriteHeader(const ChunkLayout& lay, uint8_t* out) {
   std::memset(out, 0, lay.header_bytes);

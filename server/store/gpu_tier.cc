@@ -10,6 +10,7 @@
 #include "kvstash/kernels/cuda_chunk.h"
 #include "kvstash/kernels/cuda_codec.h"
 #include "kvstash/kernels/cuda_status.h"
+#include "kvstash/kernels/xxh3.h"
 #include "spdlog/spdlog.h"
 
 namespace kvstash::store::internal {
@@ -125,10 +126,31 @@ void HostCopier::Loop() {
       t = queue_.back();
       queue_.pop_back();
     }
-    std::memcpy(t.dst, t.src, t.n);
+    (*t.fn)();
     absl::MutexLock lock(&t.batch->mu);
     --t.batch->left;
   }
+}
+
+void HostCopier::Run(std::span<const std::function<void()>> tasks) {
+  if (tasks.empty()) return;
+  if (threads_.empty() || tasks.size() == 1) {
+    for (const auto& fn : tasks) fn();
+    return;
+  }
+  Batch batch;
+  {
+    absl::MutexLock lock(&batch.mu);
+    batch.left = static_cast<int>(tasks.size() - 1);
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    for (size_t i = 1; i < tasks.size(); ++i) queue_.push_back(Task{&tasks[i], &batch});
+  }
+  tasks[0]();
+  absl::MutexLock lock(&batch.mu);
+  batch.mu.Await(absl::Condition(
+      +[](Batch* b) ABSL_NO_THREAD_SAFETY_ANALYSIS { return b->left == 0; }, &batch));
 }
 
 void HostCopier::Copy(uint8_t* dst, const uint8_t* src, uint64_t n) {
@@ -140,23 +162,12 @@ void HostCopier::Copy(uint8_t* dst, const uint8_t* src, uint64_t n) {
   }
   // Parts of whole 4 KiB pages, so no two threads write the same page.
   const uint64_t part = ((n + parts - 1) / parts + 4095) / 4096 * 4096;
-  Batch batch;
-  uint64_t queued = 0;
-  {
-    absl::MutexLock lock(&mu_);
-    for (uint64_t off = part; off < n; off += part) {
-      queue_.push_back(Task{dst + off, src + off, std::min(part, n - off), &batch});
-      ++queued;
-    }
+  std::vector<std::function<void()>> tasks;
+  for (uint64_t off = 0; off < n; off += part) {
+    const uint64_t len = std::min(part, n - off);
+    tasks.push_back([=] { std::memcpy(dst + off, src + off, len); });
   }
-  {
-    absl::MutexLock lock(&batch.mu);
-    batch.left += static_cast<int>(queued);
-  }
-  std::memcpy(dst, src, std::min(part, n));
-  absl::MutexLock lock(&batch.mu);
-  batch.mu.Await(absl::Condition(
-      +[](Batch* b) ABSL_NO_THREAD_SAFETY_ANALYSIS { return b->left == 0; }, &batch));
+  Run(tasks);
 }
 
 // --- GpuWorker --------------------------------------------------------------------------
@@ -400,8 +411,30 @@ absl::Status GpuWorker::StageSections(const kernels::ParsedHeader& header, const
   const memory::PageSpan& pages = *src.pages;
   uint8_t* gather = d_gather_.data();
   std::vector<CopySegment> staged;  // host sections of an unregistered pool
-  XXH3_state_t* xxh = nullptr;
   absl::Status status;
+  if (src.device < 0) {
+    // Verify the host sections first, in parallel: hashing, not PCIe, would bound a
+    // restore if one thread did it (docs/store.md, "Device I/O").
+    std::vector<uint8_t> bad(num_pairs, 0);
+    std::vector<std::function<void()>> tasks;
+    for (uint32_t p = range.first; p <= range.last; ++p) {
+      tasks.push_back([&, p] {
+        XXH3_state_t* xxh = XXH3_createState();
+        XXH3_64bits_reset(xxh);
+        ForEachRun(pages, src.section_offset[p], lay.pairs[p].bytes,
+                   [&](uint8_t* addr, uint64_t, uint64_t len) { kernels::Xxh3Update(xxh, addr, len); });
+        bad[p] = XXH3_64bits_digest(xxh) != header.section_checksums[p];
+        XXH3_freeState(xxh);
+      });
+    }
+    copier_->Run(tasks);
+    for (uint32_t p = range.first; p <= range.last; ++p) {
+      if (bad[p]) {
+        return absl::DataLossError(
+            absl::StrCat("store: pair section ", p, " of a host-tier chunk fails its checksum"));
+      }
+    }
+  }
   for (uint32_t p = range.first; p <= range.last && status.ok(); ++p) {
     const uint64_t off = src.section_offset[p], n = lay.pairs[p].bytes;
     if (src.device == device_ && src.direct[p] != nullptr) {
@@ -420,18 +453,7 @@ absl::Status GpuWorker::StageSections(const kernels::ParsedHeader& header, const
       });
       if (err != cudaSuccess) status = kernels::cuda::CudaStatus(err, "gpu tier: peer copy");
     } else {
-      // Host pool: verify the section (the device decoder does not), then send it. The
-      // next section is verified while this one's copy runs.
-      if (xxh == nullptr) xxh = XXH3_createState();
-      XXH3_64bits_reset(xxh);
-      ForEachRun(pages, off, n, [&](uint8_t* addr, uint64_t, uint64_t len) {
-        XXH3_64bits_update(xxh, addr, len);
-      });
-      if (XXH3_64bits_digest(xxh) != header.section_checksums[p]) {
-        status = absl::DataLossError(absl::StrCat(
-            "store: pair section ", p, " of a host-tier chunk fails its checksum"));
-        break;
-      }
+      // Host pool: every section was verified above (the device decoder does not).
       ForEachRun(pages, off, n, [&](uint8_t* addr, uint64_t at, uint64_t len) {
         if (!src.host_registered) {
           staged.push_back({gather + at, addr, len});
@@ -446,7 +468,6 @@ absl::Status GpuWorker::StageSections(const kernels::ParsedHeader& header, const
     }
     gather += n;  // a multiple of 64: the next section stays aligned
   }
-  if (xxh != nullptr) XXH3_freeState(xxh);
   if (!status.ok()) return status;
   return staged.empty() ? absl::OkStatus() : CopyToDevice(staged);
 }

@@ -14,6 +14,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -48,14 +49,15 @@ struct GpuTierOptions {
   uint32_t copy_threads = 0;
 };
 
-// Splits large host memcpys over a few threads. Moving 16-bit data between pageable and
-// pinned staging memory is what bounds one request through the GPU (docs/store.md, "GPU
-// tier"); one thread copies ~7-10 GB/s, several saturate memory bandwidth instead.
-// Thread-safe: any number of callers may Copy at once; each Copy returns when its bytes
-// are copied. The mutex guards only the task queue; copies run outside it.
+// Splits large host memcpys (and other host work, e.g. checksums) over a few threads.
+// Moving 16-bit data between pageable and pinned staging memory is what bounds one request
+// through the GPU (docs/store.md, "GPU tier"); one thread copies ~7-10 GB/s, several
+// saturate memory bandwidth instead.
+// Thread-safe: any number of callers may Copy or Run at once; each returns when its work is
+// done. The mutex guards only the task queue; work runs outside it.
 class HostCopier {
  public:
-  // `threads` helpers besides the caller; 0 = every Copy is a plain memcpy.
+  // `threads` helpers besides the caller; 0 = everything runs on the caller.
   explicit HostCopier(uint32_t threads);
   ~HostCopier();
   HostCopier(const HostCopier&) = delete;
@@ -63,15 +65,15 @@ class HostCopier {
 
   // memcpy(dst, src, n), split into parts of at least kMinPart bytes when n is large.
   void Copy(uint8_t* dst, const uint8_t* src, uint64_t n);
+  // Runs every task, on the helpers and the caller; returns when all are done.
+  void Run(std::span<const std::function<void()>> tasks);
 
   static constexpr uint64_t kMinPart = 512 << 10;
 
  private:
   struct Batch;
   struct Task {
-    uint8_t* dst;
-    const uint8_t* src;
-    uint64_t n;
+    const std::function<void()>* fn;
     Batch* batch;
   };
   void Loop();

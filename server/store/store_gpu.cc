@@ -11,6 +11,7 @@
 #include <limits>
 #include <utility>
 
+#include "kvstash/kernels/xxh3.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "kvstash/kernels/cuda_status.h"
@@ -42,7 +43,7 @@ bool HostSectionsIntact(const Entry& e) {
     uint64_t left = lay.pairs[p].bytes;
     while (left > 0) {
       const uint64_t take = std::min(left, pb - off % pb);
-      XXH3_64bits_update(state, e.pages.page(off / pb) + off % pb, take);
+      kernels::Xxh3Update(state, e.pages.page(off / pb) + off % pb, take);
       off += take;
       left -= take;
     }

@@ -43,7 +43,8 @@ class RegionRegistryTest : public ::testing::Test {
   RegionOptions options_;
   std::unique_ptr<RegionRegistry> Make() {
     return std::make_unique<RegionRegistry>(
-        options_, [this] { return now_; }, [this](size_t n) { reported_ = n; });
+        options_, nullptr, [this] { return now_; },
+        [this](size_t shm, size_t cuda_ipc) { reported_ = shm + cuda_ipc; });
   }
 };
 

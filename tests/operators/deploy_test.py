@@ -82,8 +82,18 @@ def main():
         check(spec.get("hostIPC") is True, "DaemonSet: hostIPC must be true")
         (c,) = spec["containers"]
         res = c["resources"]
-        check(int(res["limits"].get("nvidia.com/gpu", 0)) >= 1, "DaemonSet: no nvidia.com/gpu limit")
-        check(int(res["requests"].get("nvidia.com/gpu", 0)) >= 1, "DaemonSet: no nvidia.com/gpu request")
+        # CUDA IPC: the daemon sees every GPU of the node instead of owning one through the
+        # device plugin, and shares the node's /dev/shm with the workers.
+        check("nvidia.com/gpu" not in res.get("limits", {}) and
+              "nvidia.com/gpu" not in res.get("requests", {}),
+              "DaemonSet: an nvidia.com/gpu resource would hide the workers' GPUs")
+        env = {e["name"]: e.get("value") for e in c.get("env", [])}
+        check(env.get("NVIDIA_VISIBLE_DEVICES") == "all", "DaemonSet: NVIDIA_VISIBLE_DEVICES=all")
+        mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+        vols = {v["name"]: v for v in spec["volumes"]}
+        check(mounts.get("/dev/shm") in vols and
+              vols[mounts["/dev/shm"]].get("hostPath", {}).get("path") == "/dev/shm",
+              "DaemonSet: /dev/shm must be the node's (hostPath) to share regions with workers")
         check("memory" in res["limits"] and "cpu" in res["limits"], "DaemonSet: cpu/memory limits")
         ports = {p["name"]: p["containerPort"] for p in c["ports"]}
         check(ports == {"grpc": 7450, "metrics": 7451}, f"DaemonSet ports {ports}")

@@ -199,6 +199,16 @@ absl::StatusOr<std::unique_ptr<Transport>> OpenCudaIpcTransport(const TransportO
   if (options.shm_slot_bytes == 0 || options.shm_slots == 0) {
     return absl::InvalidArgumentError("cuda-ipc: slot bytes and slots must be positive");
   }
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess) {
+    cudaGetLastError();
+    devices = 0;
+  }
+  if (options.cuda_device < 0 || options.cuda_device >= devices) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "--transport cuda-ipc: no CUDA device ", options.cuda_device, " (", devices,
+        " visible to kvstash-bench)"));
+  }
   client::ClientOptions co;
   co.target = options.target;
   co.connect_timeout = options.connect_timeout;

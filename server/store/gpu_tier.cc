@@ -3,6 +3,7 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <utility>
 
@@ -398,44 +399,40 @@ absl::Status GpuWorker::StageSections(const kernels::ParsedHeader& header, const
                                       const kernels::PairRange& range) {
   const kernels::ChunkLayout& lay = header.layout;
   const uint32_t num_pairs = lay.num_pairs();
+  const memory::PageSpan& pages = *src.pages;
+  // A host-tier chunk whose sections lie in one run of adjacent pages (the usual case: a
+  // pool hands out adjacent pages) goes over PCIe in a single DMA, padding included.
+  bool one_run = src.device < 0 && src.host_registered;
+  for (uint32_t p = range.first; one_run && p <= range.last; ++p) {
+    one_run = src.direct[p] != nullptr &&
+              src.direct[p] == src.direct[range.first] +
+                                   (src.section_offset[p] - src.section_offset[range.first]);
+  }
+  const uint64_t run_bytes = src.section_offset[range.last] + lay.pairs[range.last].bytes -
+                             src.section_offset[range.first];
   uint64_t gather_bytes = 0;
   for (uint32_t p = range.first; p <= range.last; ++p) {
     if (src.device != device_ || src.direct[p] == nullptr) gather_bytes += lay.pairs[p].bytes;
   }
+  if (one_run) gather_bytes = run_bytes;
   if (auto st = h_ptrs_.Reserve(num_pairs * sizeof(void*)); !st.ok()) return st;
   if (gather_bytes > 0) {
     if (auto st = d_gather_.Reserve(gather_bytes); !st.ok()) return st;
   }
   const uint8_t** ptrs = reinterpret_cast<const uint8_t**>(h_ptrs_.data());
   std::fill(ptrs, ptrs + num_pairs, nullptr);
-  const memory::PageSpan& pages = *src.pages;
   uint8_t* gather = d_gather_.data();
   std::vector<CopySegment> staged;  // host sections of an unregistered pool
   absl::Status status;
-  if (src.device < 0) {
-    // Verify the host sections first, in parallel: hashing, not PCIe, would bound a
-    // restore if one thread did it (docs/store.md, "Device I/O").
-    std::vector<uint8_t> bad(num_pairs, 0);
-    std::vector<std::function<void()>> tasks;
+  if (one_run) {
+    KVSTASH_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(gather, src.direct[range.first], run_bytes,
+                                                 cudaMemcpyHostToDevice, stream_),
+                                 "gpu tier: host-to-device copy");
     for (uint32_t p = range.first; p <= range.last; ++p) {
-      tasks.push_back([&, p] {
-        XXH3_state_t* xxh = XXH3_createState();
-        XXH3_64bits_reset(xxh);
-        ForEachRun(pages, src.section_offset[p], lay.pairs[p].bytes,
-                   [&](uint8_t* addr, uint64_t, uint64_t len) { kernels::Xxh3Update(xxh, addr, len); });
-        bad[p] = XXH3_64bits_digest(xxh) != header.section_checksums[p];
-        XXH3_freeState(xxh);
-      });
-    }
-    copier_->Run(tasks);
-    for (uint32_t p = range.first; p <= range.last; ++p) {
-      if (bad[p]) {
-        return absl::DataLossError(
-            absl::StrCat("store: pair section ", p, " of a host-tier chunk fails its checksum"));
-      }
+      ptrs[p] = gather + (src.section_offset[p] - src.section_offset[range.first]);
     }
   }
-  for (uint32_t p = range.first; p <= range.last && status.ok(); ++p) {
+  for (uint32_t p = range.first; !one_run && p <= range.last && status.ok(); ++p) {
     const uint64_t off = src.section_offset[p], n = lay.pairs[p].bytes;
     if (src.device == device_ && src.direct[p] != nullptr) {
       ptrs[p] = src.direct[p];
@@ -453,7 +450,6 @@ absl::Status GpuWorker::StageSections(const kernels::ParsedHeader& header, const
       });
       if (err != cudaSuccess) status = kernels::cuda::CudaStatus(err, "gpu tier: peer copy");
     } else {
-      // Host pool: every section was verified above (the device decoder does not).
       ForEachRun(pages, off, n, [&](uint8_t* addr, uint64_t at, uint64_t len) {
         if (!src.host_registered) {
           staged.push_back({gather + at, addr, len});
@@ -468,8 +464,38 @@ absl::Status GpuWorker::StageSections(const kernels::ParsedHeader& header, const
     }
     gather += n;  // a multiple of 64: the next section stays aligned
   }
+  if (status.ok() && !staged.empty()) status = CopyToDevice(staged);
   if (!status.ok()) return status;
-  return staged.empty() ? absl::OkStatus() : CopyToDevice(staged);
+  if (src.device >= 0) return absl::OkStatus();
+
+  // Host pool: verify every section (the device decoder does not), in parallel on the copy
+  // threads while the DMA above runs; the copies only fill this worker's scratch, and
+  // nothing is decoded unless every section matches (docs/store.md, "Device I/O").
+  std::vector<uint8_t> bad(num_pairs, 0);
+  std::vector<std::function<void()>> tasks;
+  for (uint32_t p = range.first; p <= range.last; ++p) {
+    tasks.push_back([&, p] {
+      XXH3_state_t* xxh = XXH3_createState();
+      XXH3_64bits_reset(xxh);
+      ForEachRun(pages, src.section_offset[p], lay.pairs[p].bytes,
+                 [&](uint8_t* addr, uint64_t, uint64_t len) { kernels::Xxh3Update(xxh, addr, len); });
+      bad[p] = XXH3_64bits_digest(xxh) != header.section_checksums[p];
+      XXH3_freeState(xxh);
+    });
+  }
+  const auto v0 = std::chrono::steady_clock::now();
+  copier_->Run(tasks);
+  last_verify_us_ = std::chrono::duration_cast<std::chrono::microseconds>(
+                        std::chrono::steady_clock::now() - v0)
+                        .count();
+  for (uint32_t p = range.first; p <= range.last; ++p) {
+    if (bad[p]) {
+      if (auto st = Synchronize(); !st.ok()) return st;  // the scratch is reused next
+      return absl::DataLossError(
+          absl::StrCat("store: pair section ", p, " of a host-tier chunk fails its checksum"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<kernels::cuda::DecodeParams> GpuWorker::UploadTables(
@@ -513,7 +539,14 @@ absl::Status GpuWorker::DecodeToDevice(const kernels::ParsedHeader& header, cons
   const uint64_t table_bytes = (lay.num_pairs() + out.planes.size()) * sizeof(void*) +
                                out.block_ids.size() * sizeof(uint32_t);
   if (auto st = h_ptrs_.Reserve(table_bytes); !st.ok()) return st;
+  // At trace level, each phase is timed to its completion (extra synchronizations).
+  const bool trace = spdlog::should_log(spdlog::level::trace);
+  const auto t0 = std::chrono::steady_clock::now();
   if (auto st = StageSections(header, src, kernels::PairsForSlice(resolved)); !st.ok()) return st;
+  if (trace) {
+    if (auto st = Synchronize(); !st.ok()) return st;
+  }
+  const auto t1 = std::chrono::steady_clock::now();
   absl::StatusOr<kernels::cuda::DecodeParams> dp =
       UploadTables(lay, out.paged() ? &out : nullptr);
   if (!dp.ok()) return dp.status();
@@ -525,7 +558,17 @@ absl::Status GpuWorker::DecodeToDevice(const kernels::ParsedHeader& header, cons
   dp->out = reinterpret_cast<uint16_t*>(out.data);
   KVSTASH_CUDA_RETURN_IF_ERROR(kernels::cuda::LaunchDecode(*dp, stream_),
                                "gpu tier: decode launch");
-  return Synchronize();
+  absl::Status st = Synchronize();
+  if (trace) {
+    const auto t2 = std::chrono::steady_clock::now();
+    using us = std::chrono::microseconds;
+    spdlog::trace("gpu tier {}: decode to device from {}: stage {} us (verify {} us), "
+                  "tables + decode {} us",
+                  device_, src.device < 0 ? "host" : "device",
+                  std::chrono::duration_cast<us>(t1 - t0).count(), last_verify_us_,
+                  std::chrono::duration_cast<us>(t2 - t1).count());
+  }
+  return st;
 }
 
 absl::Status GpuWorker::Decode(const kernels::ParsedHeader& header,

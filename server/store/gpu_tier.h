@@ -215,6 +215,7 @@ class GpuWorker {
   CudaBuffer d_out_{CudaBuffer::Kind::kDevice};      // Get: decoded slice
   CudaBuffer d_ptrs_{CudaBuffer::Kind::kDevice};     // section pointers, paged tables
   CudaBuffer h_ptrs_{CudaBuffer::Kind::kPinnedHost};
+  int64_t last_verify_us_ = 0;  // the last restore's checksum time (trace logging)
 };
 
 class GpuTier {

@@ -131,10 +131,18 @@ TEST_F(BenchIntegrationTest, TextReportAndUsageErrors) {
   EXPECT_NE(r.out.find("logical GB/s"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("put "), std::string::npos);
 
-  r = Run("--transport cuda-ipc --count 1 --json");
-  EXPECT_EQ(r.code, 2) << r.out << r.err;
-  EXPECT_EQ(Field(r.out, "code"), "UNIMPLEMENTED") << r.out;
-  EXPECT_NE(r.err.find("grpc and shm"), std::string::npos) << r.err;
+  // cuda-ipc: usage error without CUDA, a clear refusal without a device (CI), and a run
+  // on a GPU machine.
+  r = Run("--transport cuda-ipc --cuda-device 4096 --count 1 --json");
+  const std::string code = Field(r.out, "code");
+  if (code == "UNIMPLEMENTED") {
+    EXPECT_EQ(r.code, 2) << r.out << r.err;
+    EXPECT_NE(r.err.find("built without CUDA"), std::string::npos) << r.err;
+  } else {
+    EXPECT_EQ(code, "FAILED_PRECONDITION") << r.out;
+    EXPECT_NE(r.code, 0);
+    EXPECT_NE(r.err.find("no CUDA device 4096"), std::string::npos) << r.err;
+  }
 
   r = Run("--workload scan");
   EXPECT_EQ(r.code, 2) << r.err;

@@ -240,6 +240,14 @@ inline bool Aligned(const void* p, uintptr_t a) {
   return (reinterpret_cast<uintptr_t>(p) & (a - 1)) == 0;
 }
 
+// Row (`row` elements) of token t in plane `plane` of a paged view (cuda_codec.h).
+__device__ __forceinline__ uint16_t* PagedRow(const PagedView& v, uint32_t plane, uint32_t t,
+                                              uint64_t row) {
+  const uint32_t s = v.first_slot + t;
+  const uint32_t b = __ldg(v.block_ids + s / v.block_size);
+  return v.planes[plane] + uint64_t{b} * v.block_stride + uint64_t{s % v.block_size} * row;
+}
+
 // What the launchers can check of a paged view on the host (the plane pointers and block
 // ids are device data, checked by the caller).
 inline bool PagedOk(const PagedView& v) {

@@ -33,10 +33,7 @@ template <bool kPaged>
 __device__ __forceinline__ uint16_t* OutRow(const DecodeArgs& a, uint32_t c, uint32_t lx,
                                             uint32_t t, uint64_t row) {
   if constexpr (kPaged) {
-    const PagedView& v = a.paged;
-    const uint32_t s = v.first_slot + t;
-    const uint32_t b = __ldg(v.block_ids + s / v.block_size);
-    return v.planes[lx] + uint64_t{b} * v.block_stride + uint64_t{s % v.block_size} * row;
+    return PagedRow(a.paged, lx, t, row);
   } else {
     return a.out + ((uint64_t{c} * a.ls * 2 + lx) * a.geo.num_tokens + t) * row;
   }

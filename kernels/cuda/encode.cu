@@ -33,10 +33,7 @@ template <bool kPaged>
 __device__ __forceinline__ const uint16_t* InRow(const EncodeArgs& a, uint32_t c, uint32_t lx,
                                                  uint32_t t, uint64_t HD) {
   if constexpr (kPaged) {
-    const PagedView& v = a.paged;
-    const uint32_t s = v.first_slot + t;
-    const uint32_t b = __ldg(v.block_ids + s / v.block_size);
-    return v.planes[lx] + uint64_t{b} * v.block_stride + uint64_t{s % v.block_size} * HD;
+    return PagedRow(a.paged, lx, t, HD);
   } else {
     return a.in + c * a.geo.elements() + (uint64_t{lx} * a.geo.num_tokens + t) * HD;
   }

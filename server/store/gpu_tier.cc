@@ -498,6 +498,19 @@ absl::Status GpuWorker::StageSections(const kernels::ParsedHeader& header, const
   return absl::OkStatus();
 }
 
+namespace {
+
+void SetSlice(const kernels::Slice& resolved, kernels::DType out_dtype,
+              kernels::cuda::DecodeParams* dp) {
+  dp->layer_begin = resolved.layer_begin;
+  dp->layer_end = resolved.layer_end;
+  dp->head_begin = resolved.head_begin;
+  dp->head_end = resolved.head_end;
+  dp->out_dtype = static_cast<uint32_t>(out_dtype);
+}
+
+}  // namespace
+
 absl::StatusOr<kernels::cuda::DecodeParams> GpuWorker::UploadTables(
     const kernels::ChunkLayout& layout, const DeviceTensor* paged) {
   const uint64_t num_pairs = layout.num_pairs();
@@ -550,11 +563,7 @@ absl::Status GpuWorker::DecodeToDevice(const kernels::ParsedHeader& header, cons
   absl::StatusOr<kernels::cuda::DecodeParams> dp =
       UploadTables(lay, out.paged() ? &out : nullptr);
   if (!dp.ok()) return dp.status();
-  dp->layer_begin = resolved.layer_begin;
-  dp->layer_end = resolved.layer_end;
-  dp->head_begin = resolved.head_begin;
-  dp->head_end = resolved.head_end;
-  dp->out_dtype = static_cast<uint32_t>(out_dtype);
+  SetSlice(resolved, out_dtype, &*dp);
   dp->out = reinterpret_cast<uint16_t*>(out.data);
   KVSTASH_CUDA_RETURN_IF_ERROR(kernels::cuda::LaunchDecode(*dp, stream_),
                                "gpu tier: decode launch");
@@ -589,11 +598,7 @@ absl::Status GpuWorker::Decode(const kernels::ParsedHeader& header,
   if (auto st = StageSections(header, src, kernels::PairsForSlice(resolved)); !st.ok()) return st;
   absl::StatusOr<kernels::cuda::DecodeParams> dp = UploadTables(lay, nullptr);
   if (!dp.ok()) return dp.status();
-  dp->layer_begin = resolved.layer_begin;
-  dp->layer_end = resolved.layer_end;
-  dp->head_begin = resolved.head_begin;
-  dp->head_end = resolved.head_end;
-  dp->out_dtype = static_cast<uint32_t>(out_dtype);
+  SetSlice(resolved, out_dtype, &*dp);
   dp->out = reinterpret_cast<uint16_t*>(d_out_.data());
   KVSTASH_CUDA_RETURN_IF_ERROR(kernels::cuda::LaunchDecode(*dp, stream_),
                                "gpu tier: decode launch");

@@ -86,6 +86,7 @@ int Run(const DaemonConfig& config) {
   store_options.gpu_streams = config.gpu_streams;
   store_options.gpu_staging_bytes = config.gpu_staging_bytes;
   store_options.gpu_promote_on_read = config.gpu_promote_on_read;
+  store_options.gpu_pin_host_pool = config.gpu_pin_host_pool;
   absl::StatusOr<std::unique_ptr<kvstash::store::Store>> store =
       kvstash::store::Store::Create(store_options);
   if (!store.ok()) {

@@ -155,6 +155,8 @@ constexpr Option kOptions[] = {
      "each pinned host staging buffer, 64KiB..1GiB (default 4MiB)"},
     {"gpu", "promote_on_read", "--gpu-promote-on-read", Kind::kBool, "BOOL",
      "copy host-tier chunks to their device after a read (default false)"},
+    {"gpu", "pin_host_pool", "--gpu-pin-host-pool", Kind::kBool, "BOOL",
+     "register the host pool with CUDA for DMA restores; pins it in RAM (default true)"},
 };
 
 std::string Name(const Option& o) { return absl::StrCat(o.table, ".", o.key); }
@@ -188,6 +190,7 @@ Target TargetOf(const Option& o, DaemonConfig& c) {
   if (name == "gpu.streams") return {.u32 = &c.gpu_streams};
   if (name == "gpu.staging_bytes") return {.size = &c.gpu_staging_bytes};
   if (name == "gpu.promote_on_read") return {.flag = &c.gpu_promote_on_read};
+  if (name == "gpu.pin_host_pool") return {.flag = &c.gpu_pin_host_pool};
   return {};
 }
 
@@ -502,6 +505,7 @@ std::string ConfigToToml(const DaemonConfig& c) {
   absl::StrAppend(&out, "streams = ", c.gpu_streams, "\n");
   absl::StrAppend(&out, "staging_bytes = ", Quote(FormatSize(c.gpu_staging_bytes)), "\n");
   absl::StrAppend(&out, "promote_on_read = ", c.gpu_promote_on_read ? "true" : "false", "\n");
+  absl::StrAppend(&out, "pin_host_pool = ", c.gpu_pin_host_pool ? "true" : "false", "\n");
   return out;
 }
 

@@ -74,6 +74,10 @@ struct DaemonConfig {
   // [gpu] promote_on_read / --gpu-promote-on-read: copy a host-tier chunk to its device
   // after a read when the device has free pages. Default false.
   bool gpu_promote_on_read = false;
+  // [gpu] pin_host_pool / --gpu-pin-host-pool: cudaHostRegister the host pool, so restores
+  // of host-tier chunks to a GPU are DMA from its pages (pins host.capacity in RAM).
+  // Default true.
+  bool gpu_pin_host_pool = true;
   // [log] level / --log-level: trace, debug, info, warn, error, critical or off.
   // Default "info".
   std::string log_level = "info";

@@ -297,19 +297,8 @@ class GrpcClient final : public Client {
                                         uint64_t size, uint32_t lease_seconds,
                                         const CallOptions& call) override {
     pb::RegisterRegionRequest req;
-    req.set_namespace_(std::string(ns));
     req.set_path(std::string(path));
-    req.set_size(size);
-    req.set_lease_seconds(lease_seconds);
-    pb::RegisterRegionResponse resp;
-    grpc::ClientContext ctx;
-    SetDeadline(call, &ctx);
-    if (absl::Status s = internal::FromGrpcStatus(stub_->RegisterRegion(&ctx, req, &resp));
-        !s.ok()) {
-      return s;
-    }
-    return Region{resp.region_id(), resp.token(), resp.size(), resp.lease_seconds(),
-                  resp.pinned()};
+    return Register(ns, size, lease_seconds, call, &req);
   }
 
   absl::StatusOr<Region> RegisterCudaIpc(std::string_view ns, std::string_view handle,
@@ -317,19 +306,9 @@ class GrpcClient final : public Client {
                                          uint32_t lease_seconds,
                                          const CallOptions& call) override {
     pb::RegisterRegionRequest req;
-    req.set_namespace_(std::string(ns));
     req.mutable_cuda_ipc()->set_handle(std::string(handle));
     req.mutable_cuda_ipc()->set_device_uuid(std::string(device_uuid));
-    req.set_size(size);
-    req.set_lease_seconds(lease_seconds);
-    pb::RegisterRegionResponse resp;
-    grpc::ClientContext ctx;
-    SetDeadline(call, &ctx);
-    if (absl::Status s = internal::FromGrpcStatus(stub_->RegisterRegion(&ctx, req, &resp));
-        !s.ok()) {
-      return s;
-    }
-    return Region{resp.region_id(), resp.token(), resp.size(), resp.lease_seconds(), false};
+    return Register(ns, size, lease_seconds, call, &req);
   }
 
   absl::Status UnregisterRegion(const Region& region, const CallOptions& call) override {
@@ -355,6 +334,23 @@ class GrpcClient final : public Client {
   const std::string& target() const override { return options_.target; }
 
  private:
+  // RegisterRegion with `req`'s region (path or cuda_ipc) already set.
+  absl::StatusOr<Region> Register(std::string_view ns, uint64_t size, uint32_t lease_seconds,
+                                  const CallOptions& call, pb::RegisterRegionRequest* req) {
+    req->set_namespace_(std::string(ns));
+    req->set_size(size);
+    req->set_lease_seconds(lease_seconds);
+    pb::RegisterRegionResponse resp;
+    grpc::ClientContext ctx;
+    SetDeadline(call, &ctx);
+    if (absl::Status s = internal::FromGrpcStatus(stub_->RegisterRegion(&ctx, *req, &resp));
+        !s.ok()) {
+      return s;
+    }
+    return Region{resp.region_id(), resp.token(), resp.size(), resp.lease_seconds(),
+                  resp.pinned()};
+  }
+
   void SetDeadline(const CallOptions& call, grpc::ClientContext* ctx) const {
     const std::chrono::milliseconds timeout = call.timeout.value_or(options_.default_timeout);
     ctx->set_deadline(std::chrono::system_clock::now() + timeout);

@@ -7,7 +7,7 @@ pkgs=(
   build-essential cmake pkg-config ninja-build git
   libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libspdlog-dev libfmt-dev libgtest-dev libgmock-dev libbenchmark-dev
-  libxxhash-dev libcli11-dev libtomlplusplus-dev
+  libxxhash-dev libcli11-dev libtomlplusplus-dev nlohmann-json3-dev
   python3 python3-numpy
   # metrics endpoint (server/metrics) and the operators' tests (tests/operators)
   prometheus-cpp-dev libcivetweb-dev prometheus python3-yaml

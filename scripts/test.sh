@@ -8,3 +8,5 @@ bash scripts/install-deps.sh
 bash scripts/install-fidelity-deps.sh
 bash scripts/build.sh "$@"
 ctest --test-dir "${BUILD_DIR:-build}" --output-on-failure -j "${JOBS:-$(nproc)}" --timeout 600
+# The Python client: pip install into a fresh venv, then pytest (its summary line ends the log).
+bash scripts/test-python.sh

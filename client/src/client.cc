@@ -124,6 +124,8 @@ absl::Status ToProto(const PagedCache& p, pb::PagedLayout* out) {
   out->set_block_stride(p.block_stride);
   out->mutable_block_ids()->Add(p.block_ids.begin(), p.block_ids.end());
   out->set_first_slot(p.first_slot);
+  out->set_token_stride(p.token_stride);
+  out->set_head_stride(p.head_stride);
   return absl::OkStatus();
 }
 

@@ -240,20 +240,24 @@ inline bool Aligned(const void* p, uintptr_t a) {
   return (reinterpret_cast<uintptr_t>(p) & (a - 1)) == 0;
 }
 
-// Row (`row` elements) of token t in plane `plane` of a paged view (cuda_codec.h).
-__device__ __forceinline__ uint16_t* PagedRow(const PagedView& v, uint32_t plane, uint32_t t,
-                                              uint64_t row) {
+// Element (h, 0) of token t in plane `plane` of a paged view whose strides are explicit
+// (PagedView::Resolved; cuda_codec.h gives the addressing).
+__device__ __forceinline__ uint16_t* PagedAt(const PagedView& v, uint32_t plane, uint32_t t,
+                                             uint32_t h) {
   const uint32_t s = v.first_slot + t;
   const uint32_t b = __ldg(v.block_ids + s / v.block_size);
-  return v.planes[plane] + uint64_t{b} * v.block_stride + uint64_t{s % v.block_size} * row;
+  return v.planes[plane] + uint64_t{b} * v.block_stride +
+         uint64_t{s % v.block_size} * v.token_stride + uint64_t{h} * v.head_stride;
 }
 
 // What the launchers can check of a paged view on the host (the plane pointers and block
-// ids are device data, checked by the caller).
+// ids are device data, checked by the caller). Strides in multiples of 8 elements keep
+// every head's start 16-byte aligned, so the kernels' 16-byte accesses stay legal (D is a
+// multiple of 32).
 inline bool PagedOk(const PagedView& v) {
   return v.planes != nullptr && Aligned(v.planes, 8) && v.block_ids != nullptr &&
          Aligned(v.block_ids, 4) && v.block_size >= 1 && v.first_slot < v.block_size &&
-         v.block_stride % 8 == 0;
+         v.block_stride % 8 == 0 && v.token_stride % 8 == 0 && v.head_stride % 8 == 0;
 }
 
 inline unsigned BlocksFor(uint64_t items) {

@@ -32,14 +32,16 @@ namespace {
 
 // Where flat element `index` of the contiguous layout lives in the paged input.
 const uint16_t* PagedElement(const ChunkShape& s, const PagedInput& in, uint64_t index) {
+  const PagedView v = in.view.Resolved(s.num_heads, s.head_dim);
   const uint64_t hd = uint64_t{s.num_heads} * s.head_dim;
   const uint64_t col = index % hd;
   const uint64_t t = index / hd % s.num_tokens;
   const uint64_t lx = index / hd / s.num_tokens;
-  const uint64_t slot = in.view.first_slot + t;
-  const uint32_t block = in.host_block_ids[slot / in.view.block_size];
-  return in.host_planes[lx] + uint64_t{block} * in.view.block_stride +
-         slot % in.view.block_size * hd + col;
+  const uint64_t slot = v.first_slot + t;
+  const uint32_t block = in.host_block_ids[slot / v.block_size];
+  return in.host_planes[lx] + uint64_t{block} * v.block_stride +
+         slot % v.block_size * v.token_stride + col / s.head_dim * v.head_stride +
+         col % s.head_dim;
 }
 
 // Launches and finishes one encode: ep's input and check are set; copies the flag and

@@ -28,15 +28,10 @@ struct DecodeArgs {
   uint32_t items;       // tail items per layer tensor
 };
 
-// Output row (hs·D elements) of token t of slice tensor lx = 2·l' + x of chunk c.
-template <bool kPaged>
+// Contiguous output row (hs·D elements) of token t of slice tensor lx = 2·l' + x of chunk c.
 __device__ __forceinline__ uint16_t* OutRow(const DecodeArgs& a, uint32_t c, uint32_t lx,
                                             uint32_t t, uint64_t row) {
-  if constexpr (kPaged) {
-    return PagedRow(a.paged, lx, t, row);
-  } else {
-    return a.out + ((uint64_t{c} * a.ls * 2 + lx) * a.geo.num_tokens + t) * row;
-  }
+  return a.out + ((uint64_t{c} * a.ls * 2 + lx) * a.geo.num_tokens + t) * row;
 }
 
 __device__ __forceinline__ const uint8_t* At(const DecodeArgs& a, uint32_t c, uint32_t l,
@@ -124,13 +119,13 @@ __device__ __forceinline__ void DecodeKeysLayer(const DecodeArgs& a, uint32_t l,
        s.row < NG; s.Next()) {  // row = token group g, col = h'·D8 + d8
     const uint32_t hp = s.col / D8, d8 = s.col % D8;
     const uint64_t i = (uint64_t{a.h0 + hp} * NG + s.row) * D + 8 * d8;
-    const uint64_t col = uint64_t{hp} * D + 8 * d8;
     if constexpr (kPaged) {
       const uint32_t lx = 2 * (l - a.l0), t0 = 32 * s.row;
       KeyTile<IN, OUT, kBits>(codes, scales, zeros, i, [&](int j) {
-        return OutRow<true>(a, c, lx, t0 + j, row) + col;
+        return PagedAt(a.paged, lx, t0 + j, hp) + 8 * d8;
       });
     } else {
+      const uint64_t col = uint64_t{hp} * D + 8 * d8;
       uint16_t* dst = base + 32ull * s.row * row + col;
       KeyTile<IN, OUT, kBits>(codes, scales, zeros, i, [&](int j) { return dst + j * row; });
     }
@@ -143,7 +138,7 @@ __global__ void __launch_bounds__(kThreads) DecodeKeysKernel(const DecodeArgs a)
   const uint32_t lp = blockIdx.y, l = a.l0 + lp, c = blockIdx.z;
   const TensorOffsets to = geo.tensor(l, 0);
   const uint64_t row = uint64_t{a.hs} * (kD ? kD : geo.head_dim);
-  uint16_t* base = kPaged ? nullptr : OutRow<false>(a, c, 2 * lp, 0, row);
+  uint16_t* base = kPaged ? nullptr : OutRow(a, c, 2 * lp, 0, row);
   if (to.bits == 2) {
     DecodeKeysLayer<IN, OUT, kD, 2, kPaged>(a, l, c, to, base);
   } else {
@@ -183,10 +178,9 @@ __device__ __forceinline__ void DecodeValuesLayer(const DecodeArgs& a, uint32_t 
       const uint32_t q1 = (bits >> (kBits * (2 * k + 1))) & kMask;
       o[k] = Pack(Pick(tab, q0), Pick(tab, q1));
     }
-    uint16_t* dst = kPaged ? OutRow<true>(a, c, 2 * (l - a.l0) + 1, s.row, row)
-                           : base + s.row * row;
-    __stcs(reinterpret_cast<uint4*>(dst + uint64_t{hp} * D + 8 * d8),
-           make_uint4(o[0], o[1], o[2], o[3]));
+    uint16_t* dst = kPaged ? PagedAt(a.paged, 2 * (l - a.l0) + 1, s.row, hp) + 8 * d8
+                           : base + s.row * row + uint64_t{hp} * D + 8 * d8;
+    __stcs(reinterpret_cast<uint4*>(dst), make_uint4(o[0], o[1], o[2], o[3]));
   }
 }
 
@@ -196,7 +190,7 @@ __global__ void __launch_bounds__(kThreads) DecodeValuesKernel(const DecodeArgs 
   const uint32_t lp = blockIdx.y, l = a.l0 + lp, c = blockIdx.z;
   const TensorOffsets to = geo.tensor(l, 1);
   const uint64_t row = uint64_t{a.hs} * (kD ? kD : geo.head_dim);
-  uint16_t* base = kPaged ? nullptr : OutRow<false>(a, c, 2 * lp + 1, 0, row);
+  uint16_t* base = kPaged ? nullptr : OutRow(a, c, 2 * lp + 1, 0, row);
   if (to.bits == 2) {
     DecodeValuesLayer<IN, OUT, kD, 2, kPaged>(a, l, c, to, base);
   } else {
@@ -228,7 +222,8 @@ __global__ void __launch_bounds__(kThreads) DecodeTailKernel(const DecodeArgs a)
   const uint64_t row = uint64_t{a.hs} * D;
   const uint8_t* src = At(a, c, l, to.tail) +
                        2 * ((uint64_t{a.h0 + hp} * geo.tail_tokens + tt) * D + 8 * d8);
-  uint16_t* dst = OutRow<kPaged>(a, c, lx, geo.quant_tokens + tt, row) + uint64_t{hp} * D + 8 * d8;
+  uint16_t* dst = kPaged ? PagedAt(a.paged, lx, geo.quant_tokens + tt, hp) + 8 * d8
+                         : OutRow(a, c, lx, geo.quant_tokens + tt, row) + uint64_t{hp} * D + 8 * d8;
   const uint4 v = __ldcs(reinterpret_cast<const uint4*>(src));
   __stcs(reinterpret_cast<uint4*>(dst), make_uint4(Convert2<IN, OUT>(v.x), Convert2<IN, OUT>(v.y),
                                                    Convert2<IN, OUT>(v.z), Convert2<IN, OUT>(v.w)));
@@ -237,8 +232,10 @@ __global__ void __launch_bounds__(kThreads) DecodeTailKernel(const DecodeArgs a)
 template <class IN, class OUT, int kD, bool kPaged>
 cudaError_t LaunchAll(const DecodeParams& p, cudaStream_t stream) {
   const CudaGeometry& geo = p.geo;
-  DecodeArgs a{geo, p.sections, p.layer_begin, p.head_begin, p.head_end - p.head_begin,
-               p.layer_end - p.layer_begin, p.out, p.paged, 0};
+  const uint32_t hs = p.head_end - p.head_begin;
+  DecodeArgs a{geo, p.sections, p.layer_begin, p.head_begin, hs,
+               p.layer_end - p.layer_begin, p.out,
+               kPaged ? p.paged.Resolved(hs, geo.head_dim) : p.paged, 0};
   const uint32_t D8 = geo.head_dim / 8;
   if (geo.groups > 0) {
     // Enough blocks to fill the device a few times over; each thread then loops over

@@ -28,26 +28,31 @@ __device__ __forceinline__ bool Gated(const EncodeArgs& a) {
   return a.gate != nullptr && *a.gate != kNoBadElement;
 }
 
-// Token t of layer tensor lx (= 2l + x) of chunk c: H·D input elements.
+// Element (h, dc) of token t of layer tensor lx (= 2l + x) of chunk c, whose column in
+// the contiguous H·D row is col = h·D + dc. The contiguous address is the row's start plus
+// col, exactly as before paged views had strides; a paged view addresses the head.
 template <bool kPaged>
-__device__ __forceinline__ const uint16_t* InRow(const EncodeArgs& a, uint32_t c, uint32_t lx,
-                                                 uint32_t t, uint64_t HD) {
+__device__ __forceinline__ const uint16_t* InAt(const EncodeArgs& a, uint32_t c, uint32_t lx,
+                                                uint32_t t, uint32_t h, uint32_t dc,
+                                                uint64_t col, uint64_t HD) {
   if constexpr (kPaged) {
-    return PagedRow(a.paged, lx, t, HD);
+    return PagedAt(a.paged, lx, t, h) + dc;
   } else {
-    return a.in + c * a.geo.elements() + (uint64_t{lx} * a.geo.num_tokens + t) * HD;
+    return a.in + c * a.geo.elements() + (uint64_t{lx} * a.geo.num_tokens + t) * HD + col;
   }
 }
 
 // Reports the smallest bad flat index (of the contiguous layout) among tokens
-// [t0, t0 + nt) x columns [col0, col0 + ncol) of layer tensor lx, row-major.
+// [t0, t0 + nt) x channels [dc0, dc0 + ncol) of head h (columns from col0 = h·D + dc0) of
+// layer tensor lx, row-major.
 template <class DT, bool kPaged>
 __device__ void ReportFirstBad(const EncodeArgs& a, uint32_t c, uint32_t lx, uint32_t t0,
-                               int nt, uint64_t col0, int ncol, uint64_t HD) {
+                               int nt, uint32_t h, uint32_t dc0, uint64_t col0, int ncol,
+                               uint64_t HD) {
   for (int k = 0; k < nt; ++k) {
-    const uint16_t* row = InRow<kPaged>(a, c, lx, t0 + k, HD);
+    const uint16_t* in = InAt<kPaged>(a, c, lx, t0 + k, h, dc0, col0, HD);
     for (int e = 0; e < ncol; ++e) {
-      if (IsBad<DT>(row[col0 + e])) {
+      if (IsBad<DT>(in[e])) {
         atomicMin(a.first_bad, c * a.geo.elements() +
                                    (uint64_t{lx} * a.geo.num_tokens + t0 + k) * HD + col0 + e);
         return;
@@ -96,12 +101,12 @@ __global__ void __launch_bounds__(kThreads) EncodeKeysKernel(const EncodeArgs a)
   if constexpr (kPaged) {
 #pragma unroll
     for (int j = 0; j < 32; ++j) {
-      w[j] = __ldcs(reinterpret_cast<const uint32_t*>(InRow<true>(a, c, 2 * l, 32 * g + j, HD) +
-                                                      col));
+      w[j] = __ldcs(reinterpret_cast<const uint32_t*>(
+          InAt<true>(a, c, 2 * l, 32 * g + j, h, 2 * dp, col, HD)));
     }
   } else {
     const uint32_t* src =
-        reinterpret_cast<const uint32_t*>(InRow<false>(a, c, 2 * l, 32 * g, HD) + col);
+        reinterpret_cast<const uint32_t*>(InAt<false>(a, c, 2 * l, 32 * g, h, 2 * dp, col, HD));
     const uint64_t stride = HD / 2;  // in words
 #pragma unroll
     for (int j = 0; j < 32; ++j) w[j] = __ldcs(src + j * stride);
@@ -118,7 +123,7 @@ __global__ void __launch_bounds__(kThreads) EncodeKeysKernel(const EncodeArgs a)
 #pragma unroll
     for (int j = 0; j < 32; ++j) am = AbsMax2(am, w[j]);
     if (AnyBad<DT>(am)) {
-      ReportFirstBad<DT, kPaged>(a, c, 2 * l, 32 * g, 32, col, 2, HD);
+      ReportFirstBad<DT, kPaged>(a, c, 2 * l, 32 * g, 32, h, 2 * dp, col, 2, HD);
       return;
     }
   }
@@ -176,7 +181,8 @@ __global__ void __launch_bounds__(kThreads) EncodeValuesKernel(const EncodeArgs 
   const uint32_t l = blockIdx.y, c = blockIdx.z;
   const uint64_t HD = uint64_t{geo.num_heads} * D;
   const uint64_t col = uint64_t{h} * D + 32 * cc;
-  const uint4* src = reinterpret_cast<const uint4*>(InRow<kPaged>(a, c, 2 * l + 1, t, HD) + col);
+  const uint4* src =
+      reinterpret_cast<const uint4*>(InAt<kPaged>(a, c, 2 * l + 1, t, h, 32 * cc, col, HD));
 
   uint32_t w[16];
 #pragma unroll
@@ -195,7 +201,7 @@ __global__ void __launch_bounds__(kThreads) EncodeValuesKernel(const EncodeArgs 
 #pragma unroll
     for (int k = 0; k < 16; ++k) am = AbsMax2(am, w[k]);
     if (AnyBad<DT>(am)) {
-      ReportFirstBad<DT, kPaged>(a, c, 2 * l + 1, t, 1, col, 32, HD);
+      ReportFirstBad<DT, kPaged>(a, c, 2 * l + 1, t, 1, h, 32 * cc, col, 32, HD);
       return;
     }
   }
@@ -233,12 +239,12 @@ __global__ void __launch_bounds__(kThreads) EncodeTailKernel(const EncodeArgs a)
   const uint32_t lx = blockIdx.y, c = blockIdx.z;
   const uint64_t HD = uint64_t{geo.num_heads} * D;
   const uint64_t col = uint64_t{h} * D + 8 * d8;
-  const uint4 v = __ldcs(
-      reinterpret_cast<const uint4*>(InRow<kPaged>(a, c, lx, geo.quant_tokens + tt, HD) + col));
+  const uint4 v = __ldcs(reinterpret_cast<const uint4*>(
+      InAt<kPaged>(a, c, lx, geo.quant_tokens + tt, h, 8 * d8, col, HD)));
   if constexpr (kCheck) {
     uint32_t am = AbsMax2(AbsMax2(AbsMax2(AbsMax2(0, v.x), v.y), v.z), v.w);
     if (AnyBad<DT>(am)) {
-      ReportFirstBad<DT, kPaged>(a, c, lx, geo.quant_tokens + tt, 1, col, 8, HD);
+      ReportFirstBad<DT, kPaged>(a, c, lx, geo.quant_tokens + tt, 1, h, 8 * d8, col, 8, HD);
       return;
     }
   }
@@ -250,7 +256,8 @@ __global__ void __launch_bounds__(kThreads) EncodeTailKernel(const EncodeArgs a)
 template <class DT, int kD, bool kCheck, bool kPaged>
 cudaError_t LaunchAll(const EncodeParams& p, cudaStream_t stream) {
   const CudaGeometry& geo = p.geo;
-  EncodeArgs a{geo, p.in, p.paged, p.out, p.gate, p.first_bad, 0};
+  EncodeArgs a{geo, p.in, kPaged ? p.paged.Resolved(geo.num_heads, geo.head_dim) : p.paged,
+               p.out, p.gate, p.first_bad, 0};
   const uint32_t L = geo.num_layers;
   if (geo.groups > 0) {
     a.items = static_cast<uint32_t>(geo.groups / 2);

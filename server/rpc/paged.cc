@@ -12,8 +12,11 @@ store::DeviceTensor ResolvedPaged::Window(uint64_t t0, uint64_t tokens) const {
   w.tier = tier;
   w.planes = planes;
   w.block_size = block_size;
+  w.heads = heads;
+  w.head_dim = head_dim;
   w.block_stride = block_stride;
-  w.row_bytes = row_bytes;
+  w.token_stride = token_stride;
+  w.head_stride = head_stride;
   const uint64_t s0 = first_slot + t0;
   w.first_slot = static_cast<uint32_t>(s0 % block_size);
   const uint64_t first = s0 / block_size;
@@ -24,7 +27,7 @@ store::DeviceTensor ResolvedPaged::Window(uint64_t t0, uint64_t tokens) const {
 
 absl::StatusOr<ResolvedPaged> ResolvePaged(RegionRegistry* regions, std::string_view ns,
                                            const v1::PagedLayout& paged, uint32_t layers,
-                                           uint64_t tokens, uint64_t row_bytes,
+                                           uint64_t tokens, uint32_t heads, uint32_t head_dim,
                                            const std::string& field) {
   const std::string& f = field;
   if (static_cast<uint64_t>(paged.planes_size()) != 2ull * layers)
@@ -37,11 +40,25 @@ absl::StatusOr<ResolvedPaged> ResolvePaged(RegionRegistry* regions, std::string_
     return absl::InvalidArgumentError(absl::StrCat(f, ".first_slot: ", paged.first_slot(),
                                                    " is not below block_size ",
                                                    paged.block_size()));
-  const uint64_t block_bytes = uint64_t{paged.block_size()} * row_bytes;
-  if (paged.block_stride() % 16 != 0 || paged.block_stride() < block_bytes)
+  // Strides only need 16-byte alignment (so the kernels' 16-byte accesses stay aligned):
+  // the engines' layouts interleave blocks, tokens and heads in many ways (docs/api.md), so
+  // no order between them is required. Only a token whose heads overlap, or a block whose
+  // tokens overlap, is refused: no engine lays a cache out so.
+  const uint64_t head_bytes = 2ull * head_dim;
+  if (paged.block_stride() % 16 != 0)
     return absl::InvalidArgumentError(absl::StrCat(
-        f, ".block_stride: ", paged.block_stride(), " bytes; must be a multiple of 16 and at least ",
-        block_bytes, " (block_size x heads x head_dim x 2)"));
+        f, ".block_stride: ", paged.block_stride(), " bytes is not a multiple of 16"));
+  if (paged.token_stride() % 16 != 0 ||
+      (paged.token_stride() != 0 && paged.block_size() > 1 && paged.token_stride() < head_bytes))
+    return absl::InvalidArgumentError(absl::StrCat(
+        f, ".token_stride: ", paged.token_stride(), " bytes; must be 0 (rows of ", heads,
+        " heads x ", head_dim, " x 2 bytes) or a multiple of 16 of at least ", head_bytes,
+        " (head_dim x 2)"));
+  if (paged.head_stride() % 16 != 0 ||
+      (paged.head_stride() != 0 && heads > 1 && paged.head_stride() < head_bytes))
+    return absl::InvalidArgumentError(absl::StrCat(
+        f, ".head_stride: ", paged.head_stride(), " bytes; must be 0 (", head_bytes,
+        ", adjacent heads) or a multiple of 16 of at least ", head_bytes, " (head_dim x 2)"));
   const uint64_t want_ids = (paged.first_slot() + tokens + paged.block_size() - 1) / paged.block_size();
   if (static_cast<uint64_t>(paged.block_ids_size()) != want_ids)
     return absl::InvalidArgumentError(absl::StrCat(
@@ -54,15 +71,23 @@ absl::StatusOr<ResolvedPaged> ResolvePaged(RegionRegistry* regions, std::string_
   ResolvedPaged r;
   r.block_size = paged.block_size();
   r.first_slot = paged.first_slot();
+  r.heads = heads;
+  r.head_dim = head_dim;
   r.block_stride = paged.block_stride();
-  r.row_bytes = row_bytes;
+  r.token_stride = paged.token_stride() != 0 ? paged.token_stride() : heads * head_bytes;
+  r.head_stride = paged.head_stride() != 0 ? paged.head_stride() : head_bytes;
   r.block_ids.assign(paged.block_ids().begin(), paged.block_ids().end());
   const uint32_t max_id =
       r.block_ids.empty() ? 0 : *std::max_element(r.block_ids.begin(), r.block_ids.end());
-  // The highest block's last byte; every plane must hold it (nothing when no token is).
-  const unsigned __int128 need =
-      r.block_ids.empty() ? 0
-                          : static_cast<unsigned __int128>(max_id) * r.block_stride + block_bytes;
+  // One past the last byte any slot of the highest block can hold (its last slot's last
+  // head's last element); every plane must hold it (nothing when no token is). 128-bit:
+  // the stride products of a hostile request can exceed 64 bits.
+  using u128 = unsigned __int128;
+  const u128 need = r.block_ids.empty()
+                        ? 0
+                        : u128{max_id} * r.block_stride +
+                              u128{r.block_size - 1} * r.token_stride +
+                              u128{heads - 1} * r.head_stride + head_bytes;
   for (int i = 0; i < paged.planes_size(); ++i) {
     const std::string pf = absl::StrCat(f, ".planes[", i, "]");
     const v1::RegionRef& ref = paged.planes(i);
@@ -75,7 +100,9 @@ absl::StatusOr<ResolvedPaged> ResolvePaged(RegionRegistry* regions, std::string_
     if (need > pin->size())
       return absl::InvalidArgumentError(absl::StrCat(
           pf, ".length: ", pin->size(), " bytes, but block ", max_id, " of block_ids ends at byte ",
-          static_cast<uint64_t>(std::min<unsigned __int128>(need, UINT64_MAX)), " of the plane"));
+          static_cast<uint64_t>(std::min<u128>(need, UINT64_MAX)),
+          " of the plane (block_stride, token_stride and head_stride place its last element "
+          "there)"));
     if (i == 0) {
       r.tier = pin->tier();
     } else if (pin->tier() != r.tier) {
@@ -91,14 +118,26 @@ absl::StatusOr<ResolvedPaged> ResolvePaged(RegionRegistry* regions, std::string_
 
 namespace {
 
+// Calls copy(paged bytes, offset in the contiguous [layers][2][tokens][heads][D] buffer,
+// bytes) for every token of the window: once per token when its heads are adjacent, else
+// once per head.
 template <class Copy>
-void ForEachRow(const store::DeviceTensor& w, uint32_t layers, uint32_t tokens, Copy copy) {
+void ForEachRun(const store::DeviceTensor& w, uint32_t layers, uint32_t tokens, Copy copy) {
+  const uint64_t row = w.row_bytes(), head = 2ull * w.head_dim;
+  const uint64_t ts = w.token_stride != 0 ? w.token_stride : row;
+  const uint64_t hs = w.head_stride != 0 ? w.head_stride : head;
+  const bool whole_rows = hs == head;
   for (uint32_t lx = 0; lx < 2 * layers; ++lx) {
     for (uint32_t t = 0; t < tokens; ++t) {
       const uint64_t s = uint64_t{w.first_slot} + t;
-      uint8_t* row = w.planes[lx] + uint64_t{w.block_ids[s / w.block_size]} * w.block_stride +
-                     s % w.block_size * w.row_bytes;
-      copy(row, (uint64_t{lx} * tokens + t) * w.row_bytes);
+      uint8_t* tok = w.planes[lx] + uint64_t{w.block_ids[s / w.block_size]} * w.block_stride +
+                     s % w.block_size * ts;
+      const uint64_t at = (uint64_t{lx} * tokens + t) * row;
+      if (whole_rows) {
+        copy(tok, at, row);
+      } else {
+        for (uint32_t h = 0; h < w.heads; ++h) copy(tok + h * hs, at + h * head, head);
+      }
     }
   }
 }
@@ -106,14 +145,16 @@ void ForEachRow(const store::DeviceTensor& w, uint32_t layers, uint32_t tokens, 
 }  // namespace
 
 void GatherHost(const store::DeviceTensor& w, uint32_t layers, uint32_t tokens, uint8_t* out) {
-  ForEachRow(w, layers, tokens,
-             [&](const uint8_t* row, uint64_t at) { std::memcpy(out + at, row, w.row_bytes); });
+  ForEachRun(w, layers, tokens, [&](const uint8_t* paged, uint64_t at, uint64_t n) {
+    std::memcpy(out + at, paged, n);
+  });
 }
 
 void ScatterHost(const store::DeviceTensor& w, uint32_t layers, uint32_t tokens,
                  const uint8_t* in) {
-  ForEachRow(w, layers, tokens,
-             [&](uint8_t* row, uint64_t at) { std::memcpy(row, in + at, w.row_bytes); });
+  ForEachRun(w, layers, tokens, [&](uint8_t* paged, uint64_t at, uint64_t n) {
+    std::memcpy(paged, in + at, n);
+  });
 }
 
 }  // namespace kvstash::rpc

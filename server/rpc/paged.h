@@ -27,8 +27,11 @@ struct ResolvedPaged {
   std::vector<uint32_t> block_ids;
   uint32_t block_size = 0;
   uint32_t first_slot = 0;
+  uint32_t heads = 0;            // heads of a token the bounds were checked for
+  uint32_t head_dim = 0;
   uint64_t block_stride = 0;     // bytes
-  uint64_t row_bytes = 0;        // one token: heads·D·2
+  uint64_t token_stride = 0;     // bytes, resolved (the default heads·head_dim·2 filled in)
+  uint64_t head_stride = 0;      // bytes, resolved (the default head_dim·2 filled in)
 
   bool on_device() const { return tier >= 0; }
   uint64_t slots() const { return uint64_t{block_ids.size()} * block_size; }
@@ -37,16 +40,21 @@ struct ResolvedPaged {
 };
 
 // Validates `paged` (field names prefixed by `field`, e.g. "chunks[1].data_paged") for
-// `layers` layers whose token rows are `row_bytes`, holding `tokens` tokens in all, and pins
-// its planes. InvalidArgument (counts, alignment, a block past its plane, planes of mixed
-// kinds or devices), and Acquire's errors (NotFound, PermissionDenied, ...).
+// `layers` layers of tokens of `heads` heads of `head_dim` 16-bit values (a Put: the
+// chunk's; a Get: the requested slice's), holding `tokens` tokens in all, and pins its
+// planes. Every byte any token of any listed block could occupy must lie in every plane.
+// InvalidArgument (counts, alignment, strides, a block past its plane, planes of mixed
+// kinds or devices), and Acquire's errors (NotFound, PermissionDenied, ...). Planes that
+// overlap one another are not detected: a Get into them writes garbage there, but only
+// inside the caller's own regions.
 absl::StatusOr<ResolvedPaged> ResolvePaged(RegionRegistry* regions, std::string_view ns,
                                            const v1::PagedLayout& paged, uint32_t layers,
-                                           uint64_t tokens, uint64_t row_bytes,
+                                           uint64_t tokens, uint32_t heads, uint32_t head_dim,
                                            const std::string& field);
 
 // Host copies between a shared-memory paged cache and the contiguous [layers][2][T][rows]
-// layout of `window` (from ResolvedPaged::Window, shared memory only).
+// layout of `window` (from ResolvedPaged::Window, shared memory only): one memcpy per token
+// when its heads are adjacent (head_stride = head_dim·2), else one per head.
 void GatherHost(const store::DeviceTensor& window, uint32_t layers, uint32_t tokens,
                 uint8_t* out);
 void ScatterHost(const store::DeviceTensor& window, uint32_t layers, uint32_t tokens,

@@ -296,7 +296,7 @@ absl::Status HandlePut(store::Store& store, const ServiceOptions& options,
     if (c.has_data_paged()) {
       absl::StatusOr<ResolvedPaged> r =
           ResolvePaged(regions, c.namespace_(), c.data_paged(), shape.num_layers,
-                       shape.num_tokens, 2ull * shape.num_heads * shape.head_dim,
+                       shape.num_tokens, shape.num_heads, shape.head_dim,
                        absl::StrCat(p, ".data_paged"));
       if (!r.ok()) return r.status();
       paged[i] = *std::move(r);
@@ -398,8 +398,8 @@ absl::Status HandleGet(store::Store& store, const ServiceOptions& options,
   std::vector<uint64_t> result_bytes(n, 0);
   uint64_t total = 16;
   uint64_t region_used = 0;  // with output_region: bytes from its offset to the last end
-  uint64_t paged_tokens = 0, paged_row = 0;  // with output_paged
-  uint32_t paged_layers = 0;
+  uint64_t paged_tokens = 0;  // with output_paged: its geometry, from the first result
+  uint32_t paged_layers = 0, paged_heads = 0, paged_head_dim = 0;
   for (int i = 0; i < n; ++i) {
     total += kGetResultOverheadBytes;
     const v1::ChunkKey& key = request.keys(i);
@@ -428,15 +428,17 @@ absl::Status HandleGet(store::Store& store, const ServiceOptions& options,
     const uint64_t bytes = kernels::DecodedBytes(shape, *resolved);
     result_bytes[i] = bytes;
     if (to_paged) {
-      const uint64_t row = 2ull * (resolved->head_end - resolved->head_begin) * shape.head_dim;
+      const uint32_t hs = resolved->head_end - resolved->head_begin;
       const uint32_t ls = resolved->layer_end - resolved->layer_begin;
-      if (paged_row != 0 && (row != paged_row || ls != paged_layers))
+      if (paged_layers != 0 &&
+          (ls != paged_layers || hs != paged_heads || shape.head_dim != paged_head_dim))
         return absl::InvalidArgumentError(absl::StrCat(
-            "output_paged: the slice of keys[", i, "] has ", ls, " layers of ", row,
-            "-byte rows, an earlier one ", paged_layers, " of ", paged_row,
-            "; one paged cache takes one geometry"));
-      paged_row = row;
+            "output_paged: the slice of keys[", i, "] has ", ls, " layers of ", hs,
+            " heads of ", shape.head_dim, ", an earlier one ", paged_layers, " of ",
+            paged_heads, " of ", paged_head_dim, "; one paged cache takes one geometry"));
       paged_layers = ls;
+      paged_heads = hs;
+      paged_head_dim = shape.head_dim;
       paged_tokens += shape.num_tokens;
     } else if (to_region) {
       region_used = AlignUp64(region_used) + bytes;
@@ -448,8 +450,8 @@ absl::Status HandleGet(store::Store& store, const ServiceOptions& options,
   std::optional<ResolvedPaged> out_paged;
   if (to_paged && paged_tokens > 0) {
     absl::StatusOr<ResolvedPaged> r =
-        ResolvePaged(regions, ns, request.output_paged(), paged_layers, paged_tokens, paged_row,
-                     "output_paged");
+        ResolvePaged(regions, ns, request.output_paged(), paged_layers, paged_tokens,
+                     paged_heads, paged_head_dim, "output_paged");
     if (!r.ok()) return r.status();
     out_paged = *std::move(r);
   }
@@ -524,7 +526,7 @@ absl::Status HandleGet(store::Store& store, const ServiceOptions& options,
       info = store.GetDevice(ns, ToStoreKey(key), slice, out, *window);
     } else {
       // Shared-memory paged cache: decode, then scatter the rows into the blocks.
-      const uint64_t rows_bytes = uint64_t{paged_layers} * 2 * tokens * window->row_bytes;
+      const uint64_t rows_bytes = uint64_t{paged_layers} * 2 * tokens * window->row_bytes();
       info = store.Get(ns, ToStoreKey(key), slice, out, [&](uint64_t bytes) -> uint8_t* {
         if (bytes != rows_bytes) return nullptr;  // replaced by another geometry
         scatter.resize(bytes);

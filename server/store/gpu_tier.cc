@@ -540,6 +540,8 @@ absl::StatusOr<kernels::cuda::DecodeParams> GpuWorker::UploadTables(
     dp.paged.block_size = paged->block_size;
     dp.paged.first_slot = paged->first_slot;
     dp.paged.block_stride = paged->block_stride / sizeof(uint16_t);
+    dp.paged.token_stride = paged->token_stride / sizeof(uint16_t);
+    dp.paged.head_stride = paged->head_stride / sizeof(uint16_t);
   }
   return dp;
 }

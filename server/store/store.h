@@ -83,24 +83,31 @@ struct PutOptions {
 
 // 16-bit K/V in the device memory of one GPU tier (a worker's buffer mapped through CUDA
 // IPC): either contiguous, [L][2][T][H][D] for a Put and [l1-l0][2][T][h1-h0][D] for a Get,
-// or a paged cache (the kernels gather from and scatter into its blocks; see
-// kvstash/kernels/cuda_codec.h, PagedView). The caller has checked every address against
-// the buffer's bounds; the store checks shapes and counts.
+// or a paged cache (the kernels gather from and scatter into its blocks in place; see
+// kvstash/kernels/cuda_codec.h, PagedView, for the addressing). The caller has checked
+// every address against the buffer's bounds; the store checks shapes and counts.
 struct DeviceTensor {
   int tier = -1;                 // index into StoreStats::gpus; the memory is on that device
   uint8_t* data = nullptr;       // contiguous (16-byte aligned); null when paged
   uint64_t capacity = 0;         // contiguous Get: bytes writable at data (a larger slice
                                  //   fails with ResourceExhausted, writing nothing)
-  uint64_t row_bytes = 0;        // paged: bytes of one token row the caller checked bounds
-                                 //   for (heads·D·2); a chunk whose rows differ is refused
   // Paged: planes 2i + x = tensor x (K, V) of layer i of the chunk (Put) or of the slice
-  // (Get), each [num_blocks][block_size][rows heads][D]; token t at slot first_slot + t.
+  // (Get). Token t is slot s = first_slot + t, in block block_ids[s / block_size], and its
+  // element (h, d) is at byte block·block_stride + (s % block_size)·token_stride +
+  // h·head_stride + 2·d of its plane. The caller checked bounds for `heads` heads of
+  // `head_dim`; a chunk (Put) or slice (Get) of another geometry is refused.
   std::vector<uint8_t*> planes;  // 16-byte aligned
   std::vector<uint32_t> block_ids;
   uint32_t block_size = 0;
   uint32_t first_slot = 0;
+  uint32_t heads = 0;            // heads of a token: H (Put) or the slice's (Get)
+  uint32_t head_dim = 0;         // D
   uint64_t block_stride = 0;     // bytes, a multiple of 16
+  uint64_t token_stride = 0;     // bytes, a multiple of 16; 0 = row_bytes()
+  uint64_t head_stride = 0;      // bytes, a multiple of 16; 0 = head_dim·2
   bool paged() const { return data == nullptr; }
+  // Bytes of one token's row when gathered contiguously: heads·head_dim·2.
+  uint64_t row_bytes() const { return 2ull * heads * head_dim; }
 };
 
 // A device buffer of another process (CUDA IPC) mapped into the daemon; the mapping is

@@ -183,7 +183,12 @@ absl::StatusOr<ChunkInfo> StoreImpl::PutDevice(std::string_view ns, const ChunkK
   }
   if (in.paged()) {
     const uint64_t slots = uint64_t{in.first_slot} + shape.num_tokens;
-    if (in.row_bytes != 2ull * shape.num_heads * shape.head_dim || in.planes.size() != 2ull * shape.num_layers || in.block_size == 0 ||
+    if (in.heads != shape.num_heads || in.head_dim != shape.head_dim) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "paged input: ", in.heads, " heads of ", in.head_dim, ", the chunk has ",
+          shape.num_heads, " of ", shape.head_dim));
+    }
+    if (in.planes.size() != 2ull * shape.num_layers || in.block_size == 0 ||
         in.block_ids.size() != (slots + in.block_size - 1) / in.block_size) {
       return absl::InvalidArgumentError(absl::StrCat(
           "paged input: ", in.planes.size(), " planes and ", in.block_ids.size(),
@@ -223,10 +228,11 @@ absl::StatusOr<ChunkInfo> StoreImpl::GetDevice(std::string_view ns, const ChunkK
   } else {
     const uint64_t slots = uint64_t{out.first_slot} + shape.num_tokens;
     const uint32_t ls = resolved->layer_end - resolved->layer_begin;
-    const uint64_t row = 2ull * (resolved->head_end - resolved->head_begin) * shape.head_dim;
-    if (out.row_bytes != row) {
+    const uint32_t hs = resolved->head_end - resolved->head_begin;
+    if (out.heads != hs || out.head_dim != shape.head_dim) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "paged output: rows of ", out.row_bytes, " bytes, the slice has ", row));
+          "paged output: ", out.heads, " heads of ", out.head_dim, ", the slice has ", hs,
+          " of ", shape.head_dim));
     }
     if (out.planes.size() != 2ull * ls || out.block_size == 0 ||
         out.block_ids.size() != (slots + out.block_size - 1) / out.block_size) {

@@ -1,7 +1,8 @@
 // The CUDA codec against the CPU reference, byte for byte: encode (separate-pass and fused
 // validity protocols, batched, and the naive baseline) and decode of random slices, on
-// random and adversarial inputs of many layouts. Tests that need a device skip cleanly
-// without one; the geometry and status tests run everywhere.
+// random and adversarial inputs of many layouts, from and into contiguous buffers and paged
+// caches in the engines' strided layouts. Tests that need a device skip cleanly without
+// one; the geometry, status and parameter tests run everywhere.
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -356,6 +357,52 @@ TEST(CudaLaunchTest, RejectsBadParamsBeforeLaunching) {
   EXPECT_EQ(LaunchValidate(vp, nullptr), cudaErrorInvalidValue);
 }
 
+TEST(CudaLaunchTest, RejectsPagedViewsWithStridesNotMultiplesOfEightElements) {
+  const ChunkLayout lay =
+      ComputeLayout({2, 64, 2, 64, DType::kF16}, PresetConfig(Preset::kXQuant, 2));
+  PagedView good;
+  good.planes = reinterpret_cast<uint16_t* const*>(uintptr_t{0x1000});
+  good.block_ids = reinterpret_cast<const uint32_t*>(uintptr_t{0x2000});
+  good.block_size = 16;
+  good.block_stride = 16 * 128;
+  good.token_stride = 64;
+  good.head_stride = 16 * 64;
+  EncodeParams ep;
+  ep.geo = GeometryOf(lay);
+  ep.out = reinterpret_cast<uint8_t*>(uintptr_t{0x3000});
+  DecodeParams dp;
+  dp.geo = ep.geo;
+  dp.sections = reinterpret_cast<const uint8_t* const*>(uintptr_t{0x4000});
+  dp.layer_begin = 0, dp.layer_end = 2, dp.head_begin = 0, dp.head_end = 2;
+  auto refused = [&](PagedView v) {
+    ep.paged = v;
+    dp.paged = v;
+    return LaunchEncode(ep, nullptr) == cudaErrorInvalidValue &&
+           LaunchDecode(dp, nullptr) == cudaErrorInvalidValue;
+  };
+  PagedView v = good;
+  v.token_stride = 68;  // 136 bytes: a head would start off a 16-byte boundary
+  EXPECT_TRUE(refused(v));
+  v = good;
+  v.head_stride = 4;
+  EXPECT_TRUE(refused(v));
+  v = good;
+  v.block_stride = 12;
+  EXPECT_TRUE(refused(v));
+  v = good;
+  v.first_slot = 16;
+  EXPECT_TRUE(refused(v));
+  // Resolved fills only the zero strides, with the defaults of contiguous rows.
+  v = good;
+  v.token_stride = 0;
+  v.head_stride = 0;
+  const PagedView r = v.Resolved(3, 96);
+  EXPECT_EQ(r.token_stride, 3u * 96);
+  EXPECT_EQ(r.head_stride, 96u);
+  EXPECT_EQ(good.Resolved(3, 96).token_stride, good.token_stride);
+  EXPECT_EQ(good.Resolved(3, 96).head_stride, good.head_stride);
+}
+
 // --- Needs a device ---------------------------------------------------------------------
 
 TEST_F(CudaCodecTest, PresetsMatchCpuReference) {
@@ -561,6 +608,245 @@ TEST_F(CudaCodecTest, LaunchErrorsBecomeStatuses) {
   const cudaError_t e = cudaMalloc(&p, size_t{1} << 62);  // far beyond any device
   EXPECT_EQ(CudaStatus(e, "huge").code(), absl::StatusCode::kResourceExhausted);
   cudaGetLastError();  // clear the sticky-free allocation error
+}
+
+// --- Paged caches in the engines' layouts -------------------------------------------------
+
+// Block orders of docs/api.md "Paged caches", in one buffer; sizes and strides in elements.
+enum class Order {
+  kRowsPadded,     // [2L][N][bs][H][D] with 8 elements after each block, default strides
+  kHnd,            // vLLM HND: per plane [N][H][bs][D]
+  kInterleavedKv,  // vLLM: per layer [N][H][bs][2D], K then V in each row
+  kPageFirst,      // SGLang HiCache: [2][S][L][H][D]
+};
+
+struct StridedCache {
+  uint32_t heads = 0, head_dim = 0, block_size = 0;
+  uint64_t block_stride = 0, token_stride = 0, head_stride = 0;  // 0 = default
+  std::vector<uint64_t> planes;  // offset of each plane's block 0
+  uint64_t elements = 0;         // the whole buffer
+
+  uint64_t At(uint32_t lx, uint32_t b, uint32_t slot, uint32_t h) const {
+    const uint64_t ts = token_stride ? token_stride : uint64_t{heads} * head_dim;
+    const uint64_t hs = head_stride ? head_stride : head_dim;
+    return planes[lx] + b * block_stride + slot * ts + h * hs;
+  }
+};
+
+StridedCache MakeStrided(Order order, uint32_t L, uint32_t H, uint32_t D, uint32_t bs,
+                         uint32_t N) {
+  StridedCache c;
+  c.heads = H, c.head_dim = D, c.block_size = bs;
+  const uint64_t row = uint64_t{H} * D, S = uint64_t{N} * bs;
+  switch (order) {
+    case Order::kRowsPadded:
+      c.block_stride = bs * row + 8;
+      for (uint64_t lx = 0; lx < 2ull * L; ++lx) c.planes.push_back(lx * N * c.block_stride);
+      c.elements = 2ull * L * N * c.block_stride;
+      break;
+    case Order::kHnd:
+      c.block_stride = bs * row, c.token_stride = D, c.head_stride = uint64_t{bs} * D;
+      for (uint64_t lx = 0; lx < 2ull * L; ++lx) c.planes.push_back(lx * S * row);
+      c.elements = 2ull * L * S * row;
+      break;
+    case Order::kInterleavedKv:
+      c.block_stride = 2 * bs * row, c.token_stride = 2ull * D, c.head_stride = 2ull * bs * D;
+      for (uint64_t l = 0; l < L; ++l) {
+        c.planes.push_back(l * 2 * S * row);
+        c.planes.push_back(l * 2 * S * row + D);
+      }
+      c.elements = 2ull * L * S * row;
+      break;
+    case Order::kPageFirst:
+      c.block_stride = bs * L * row, c.token_stride = L * row, c.head_stride = D;
+      for (uint64_t l = 0; l < L; ++l) {
+        c.planes.push_back(l * row);
+        c.planes.push_back(S * L * row + l * row);
+      }
+      c.elements = 2ull * S * L * row;
+      break;
+  }
+  return c;
+}
+
+// Copies [planes][T][H][D] `flat` into (or out of) the cache image, tokens from first_slot.
+void CopyStrided(const StridedCache& c, const std::vector<uint32_t>& ids, uint32_t first_slot,
+                 uint32_t tokens, std::vector<uint16_t>& image, std::vector<uint16_t>& flat,
+                 bool into_image) {
+  for (uint32_t lx = 0; lx < c.planes.size(); ++lx) {
+    for (uint32_t t = 0; t < tokens; ++t) {
+      const uint32_t s = first_slot + t;
+      for (uint32_t h = 0; h < c.heads; ++h) {
+        const uint64_t at = c.At(lx, ids[s / c.block_size], s % c.block_size, h);
+        const uint64_t f = ((uint64_t{lx} * tokens + t) * c.heads + h) * c.head_dim;
+        for (uint32_t d = 0; d < c.head_dim; ++d) {
+          if (into_image) {
+            image[at + d] = flat[f + d];
+          } else {
+            flat[f + d] = image[at + d];
+          }
+        }
+      }
+    }
+  }
+}
+
+// A strided cache in device memory with its view's device tables.
+struct DeviceCache {
+  DeviceCache(const StridedCache& c, const std::vector<uint32_t>& ids, uint32_t first_slot,
+              const std::vector<uint16_t>& image)
+      : buffer(image.size() * 2), d_planes(c.planes.size() * sizeof(void*)),
+        d_ids(ids.size() * 4), host_ids(ids) {
+    EXPECT_EQ(cudaMemcpy(buffer.as<void>(), image.data(), image.size() * 2,
+                         cudaMemcpyHostToDevice), cudaSuccess);
+    for (uint64_t off : c.planes) host_planes.push_back(buffer.as<uint16_t>() + off);
+    EXPECT_EQ(cudaMemcpy(d_planes.as<void>(), host_planes.data(), d_planes.bytes(),
+                         cudaMemcpyHostToDevice), cudaSuccess);
+    EXPECT_EQ(cudaMemcpy(d_ids.as<void>(), ids.data(), d_ids.bytes(), cudaMemcpyHostToDevice),
+              cudaSuccess);
+    view.planes = d_planes.as<uint16_t* const>();
+    view.block_ids = d_ids.as<const uint32_t>();
+    view.block_size = c.block_size;
+    view.first_slot = first_slot;
+    view.block_stride = c.block_stride;
+    view.token_stride = c.token_stride;
+    view.head_stride = c.head_stride;
+  }
+  std::vector<uint16_t> Download() const {
+    std::vector<uint16_t> out(buffer.bytes() / 2);
+    EXPECT_EQ(cudaMemcpy(out.data(), buffer.as<void>(), buffer.bytes(), cudaMemcpyDeviceToHost),
+              cudaSuccess);
+    return out;
+  }
+  PagedInput Input() const { return {view, host_planes, host_ids}; }
+
+  DeviceBuffer buffer, d_planes, d_ids;
+  std::vector<uint16_t*> host_planes;
+  std::vector<uint32_t> host_ids;
+  PagedView view;
+};
+
+std::vector<uint16_t> RandomImage(uint64_t elements, std::mt19937_64& rng) {
+  std::vector<uint16_t> v(elements);
+  for (uint16_t& x : v) x = static_cast<uint16_t>(rng());
+  return v;
+}
+
+std::vector<uint32_t> RandomIds(uint32_t num_blocks, uint32_t count, std::mt19937_64& rng) {
+  std::vector<uint32_t> ids(num_blocks);
+  for (uint32_t i = 0; i < num_blocks; ++i) ids[i] = i;
+  std::shuffle(ids.begin(), ids.end(), rng);
+  ids.resize(count);
+  return ids;
+}
+
+TEST_F(CudaCodecTest, PagedStridedEncodeAndDecodeMatchTheCpuByteForByte) {
+  REQUIRE_DEVICE();
+  std::mt19937_64 rng(9);
+  const Order orders[] = {Order::kRowsPadded, Order::kHnd, Order::kInterleavedKv,
+                          Order::kPageFirst};
+  const uint32_t kBlocks = 8;
+  int it = 0;
+  for (DType dt : {DType::kF16, DType::kBF16}) {
+    for (Order order : orders) {
+      for (uint32_t D : {64u, 128u, 160u}) {  // 160: the generic-D kernels
+        ++it;
+        const uint32_t L = 3, T = 40 + rng() % 60, H = 3, bs = 16;
+        const ChunkShape shape{L, T, H, D, dt};
+        const CodecConfig config = it % 3 == 0   ? PresetConfig(Preset::kFp16, L)
+                                   : it % 3 == 1 ? PresetConfig(Preset::kXQuant, L)
+                                                 : RandomConfig(L, rng);
+        SCOPED_TRACE(::testing::Message() << Describe(shape, config) << " order "
+                                          << static_cast<int>(order));
+        const ChunkLayout lay = ComputeLayout(shape, config);
+        std::vector<uint16_t> in = MakeInput(shape, rng, it % 2 == 0);
+        std::vector<uint8_t> cpu(lay.total_bytes);
+        ASSERT_TRUE(Encode(lay, in.data(), cpu.data(), Impl::kReference).ok());
+
+        // Encode from random blocks at a random first slot.
+        const StridedCache sc = MakeStrided(order, L, H, D, bs, kBlocks);
+        const uint32_t put_slot = rng() % bs;
+        const std::vector<uint32_t> ids = RandomIds(kBlocks, (put_slot + T + bs - 1) / bs, rng);
+        std::vector<uint16_t> image = RandomImage(sc.elements, rng);
+        CopyStrided(sc, ids, put_slot, T, image, in, true);
+        const DeviceCache src(sc, ids, put_slot, image);
+        DeviceBuffer d_out(lay.total_bytes), d_flag(8);
+        std::vector<uint8_t> gpu(lay.total_bytes);
+        const absl::Status st = EncodeToHost(lay, src.Input(), d_out.as<uint8_t>(),
+                                             d_flag.as<unsigned long long>(), stream_, gpu.data());
+        ASSERT_TRUE(st.ok()) << st;
+        ASSERT_TRUE(gpu == cpu) << "paged encode: " << FirstDifference(lay, cpu, gpu);
+        EXPECT_TRUE(src.Download() == image) << "the encoder wrote into its input";
+
+        // Decode the whole chunk and a slice into fresh caches of the slice's geometry.
+        DeviceBuffer d_sections(lay.total_bytes);
+        ASSERT_CUDA(cudaMemcpy(d_sections.as<void>(), cpu.data(), cpu.size(),
+                               cudaMemcpyHostToDevice));
+        std::vector<const uint8_t*> ptrs;
+        for (uint32_t p = 0; p < lay.num_pairs(); ++p)
+          ptrs.push_back(d_sections.as<uint8_t>() + lay.pairs[p].offset);
+        DeviceBuffer d_ptrs(ptrs.size() * sizeof(void*));
+        ASSERT_CUDA(cudaMemcpy(d_ptrs.as<void>(), ptrs.data(), d_ptrs.bytes(),
+                               cudaMemcpyHostToDevice));
+        for (const Slice& sl : {Slice{0, L, 0, H}, Slice{1, 3, 1, 3}}) {
+          const DType out_dtype = rng() % 2 ? DType::kF16 : DType::kBF16;
+          SCOPED_TRACE(::testing::Message() << "slice layers [" << sl.layer_begin << ", "
+                                            << sl.layer_end << ") heads [" << sl.head_begin
+                                            << ", " << sl.head_end << ") out "
+                                            << DTypeName(out_dtype));
+          std::vector<uint16_t> want;
+          ASSERT_TRUE(Decode(cpu.data(), cpu.size(), sl, out_dtype, &want, Impl::kReference).ok());
+          const uint32_t ls = sl.layer_end - sl.layer_begin, hs = sl.head_end - sl.head_begin;
+          const StridedCache dc = MakeStrided(order, ls, hs, D, bs, kBlocks);
+          const uint32_t slot = rng() % bs;
+          const std::vector<uint32_t> out_ids = RandomIds(kBlocks, (slot + T + bs - 1) / bs, rng);
+          std::vector<uint16_t> before = RandomImage(dc.elements, rng);
+          DeviceCache dst(dc, out_ids, slot, before);
+          DecodeParams dp;
+          dp.geo = GeometryOf(lay);
+          dp.sections = d_ptrs.as<const uint8_t* const>();
+          dp.layer_begin = sl.layer_begin, dp.layer_end = sl.layer_end;
+          dp.head_begin = sl.head_begin, dp.head_end = sl.head_end;
+          dp.out_dtype = static_cast<uint32_t>(out_dtype);
+          dp.paged = dst.view;
+          ASSERT_CUDA(LaunchDecode(dp, stream_));
+          ASSERT_CUDA(cudaStreamSynchronize(stream_));
+          CopyStrided(dc, out_ids, slot, T, before, want, true);
+          const std::vector<uint16_t> got = dst.Download();
+          if (got != before) {
+            size_t i = 0;
+            while (got[i] == before[i]) ++i;
+            FAIL() << "paged decode differs at element " << i << " of the cache: want 0x"
+                   << std::hex << before[i] << " got 0x" << got[i];
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_F(CudaCodecTest, PagedStridedEncodeNamesTheFirstBadElementAsTheCpuDoes) {
+  REQUIRE_DEVICE();
+  std::mt19937_64 rng(10);
+  for (DType dt : {DType::kF16, DType::kBF16}) {
+    for (Order order : {Order::kHnd, Order::kInterleavedKv, Order::kPageFirst}) {
+      const ChunkShape shape{3, 70, 2, 64, dt};
+      const ChunkLayout lay = ComputeLayout(shape, PresetConfig(Preset::kXQuant, 3));
+      std::vector<uint16_t> in = MakeInput(shape, rng, false);
+      in[rng() % in.size()] = dt == DType::kF16 ? 0x7C00 : 0x7F80;  // +Inf
+      in[rng() % in.size()] = dt == DType::kF16 ? 0xFE01 : 0xFFC1;  // NaN
+      const StridedCache sc = MakeStrided(order, 3, 2, 64, 16, 8);
+      const std::vector<uint32_t> ids = RandomIds(8, 6, rng);
+      std::vector<uint16_t> image = RandomImage(sc.elements, rng);
+      CopyStrided(sc, ids, 11, 70, image, in, true);
+      const DeviceCache src(sc, ids, 11, image);
+      DeviceBuffer d_out(lay.total_bytes), d_flag(8);
+      std::vector<uint8_t> host(lay.total_bytes);
+      const absl::Status st = EncodeToHost(lay, src.Input(), d_out.as<uint8_t>(),
+                                           d_flag.as<unsigned long long>(), stream_, host.data());
+      EXPECT_EQ(st, ValidateInput(shape, in.data())) << "order " << static_cast<int>(order);
+    }
+  }
 }
 
 }  // namespace

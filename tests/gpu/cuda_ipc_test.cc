@@ -2,9 +2,12 @@
 // process is the worker: it cudaMallocs buffers, shares them with cudaIpcGetMemHandle and
 // registers them; the daemon, a separate process, encodes from and decodes into them.
 // Checked byte for byte against the CPU codec: contiguous and paged Put/Get, slices,
-// host-tier restore (decoded on the GPU from compressed pages), and every refusal.
+// host-tier restore (decoded on the GPU from compressed pages), every engine layout of
+// docs/api.md "Paged caches" (strided planes) against a plain reference copy, and every
+// refusal.
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -265,6 +268,59 @@ TEST_F(CudaIpcTest, RefusesBadHandlesRangesAndValuesAndKeepsServing) {
   g.output_offset = payload + 64;  // the slice does not fit in what is left
   expect(client_->Get("ns", key, g).status(), absl::StatusCode::kInvalidArgument,
          "output_region.length");
+}
+
+TEST_F(CudaIpcTest, EveryEngineLayoutRoundTripsBitExactlyThroughTheKernels) {
+  StartDaemon();
+  auto layout = [](testing::Engine engine) {
+    const bool page1 = engine == testing::Engine::kSglangTokenPoolPage1;
+    return testing::MakeEngineLayout(engine, 4, 4, 128, page1 ? 1 : 16, page1 ? 256 : 16);
+  };
+  uint64_t bytes = 0;
+  for (testing::Engine engine : testing::kEngines) bytes = std::max(bytes, layout(engine).bytes);
+  DeviceBuffer dev(2 * bytes);
+  const Region region = Register(dev);
+  testing::CacheBuffer buf;
+  buf.region = &region;
+  buf.write = [&dev](uint64_t at, const std::vector<uint8_t>& b) {
+    dev.Upload(at, b.data(), b.size());
+  };
+  buf.read = [&dev](uint64_t at, uint64_t n) { return dev.Download(at, n); };
+  for (testing::Engine engine : testing::kEngines) {
+    const testing::EngineLayout e = layout(engine);
+    testing::CheckEngineRoundTrip(*client_, e, DType::kF16, Preset::kXQuant, buf, rng_);
+    testing::CheckEngineRoundTrip(*client_, e, DType::kBF16, Preset::kKivi2, buf, rng_);
+    if (HasFatalFailure()) return;
+  }
+}
+
+TEST_F(CudaIpcTest, StridedPagedPutNamesTheBadElementAndStoresNothing) {
+  StartDaemon();
+  const testing::EngineLayout e =
+      testing::MakeEngineLayout(testing::Engine::kVllmHnd, 4, 2, 128, 16, 16);
+  DeviceBuffer dev(e.bytes);
+  const Region region = Register(dev);
+  std::vector<uint16_t> in = cli::GeneratePayload(kShape, FreshSeed());
+  // Layer 2, V, token 37, head 1, channel 77.
+  in[(((2ull * 2 + 1) * kShape.num_tokens + 37) * 2 + 1) * 128 + 77] = 0x7E00;
+  std::vector<uint8_t> flat(kShape.payload_bytes());
+  std::memcpy(flat.data(), in.data(), flat.size());
+  std::vector<uint8_t> image(e.bytes, 0);
+  const std::vector<uint32_t> ids = testing::RandomIds(e.num_blocks, 6, rng_);
+  testing::CopyElements(e, ids, 3, kShape.num_tokens, image.data(), flat.data(), true);
+  dev.Upload(0, image.data(), image.size());
+  const PagedCache cache = testing::MakeCache(e, &region, 0, ids, 3);
+  PutChunk c{ChunkKey{rng_(), rng_()}, kShape, Codec::FromPreset(Preset::kXQuant)};
+  c.paged = &cache;
+  const absl::Status st = client_->Put("ns", c).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  EXPECT_NE(st.message().find("element (layer 2, V, token 37, head 1, channel 77) = 0x7e00"),
+            std::string::npos)
+      << st;
+  const std::vector<ChunkKey> chain{c.key};
+  auto present = client_->Lookup("ns", chain);
+  ASSERT_TRUE(present.ok());
+  EXPECT_EQ(*present, 0u);
 }
 
 }  // namespace

@@ -1,7 +1,9 @@
 // Paged caches through the real kvstashd over shared memory (the daemon gathers and
 // scatters rows on the host; on a GPU the kernels do it, tests/gpu/cuda_ipc_test.cc): Put
 // from blocks, Get into blocks (several chunks, layer and head slices), byte-exact against
-// the codec, and every refusal with its exact code. Also: CUDA IPC on a daemon without GPU.
+// the codec; every engine layout of docs/api.md (strided planes) against a plain reference
+// copy; and every refusal with its exact code. Also: CUDA IPC on a daemon without GPU.
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <memory>
@@ -206,6 +208,113 @@ TEST_F(PagedIntegrationTest, RefusesBadLayoutsWithTheirExactCodeAndStoresNothing
          absl::StatusCode::kFailedPrecondition, "cuda_ipc");
   auto stats = client_->Stats();
   EXPECT_TRUE(stats.ok()) << stats.status();
+}
+
+// Every engine layout of docs/api.md "Paged caches" through the daemon's host gather and
+// scatter (testing::CheckEngineRoundTrip says what is checked).
+class PagedEngineLayoutTest : public PagedIntegrationTest,
+                              public ::testing::WithParamInterface<testing::Engine> {};
+
+TEST_P(PagedEngineLayoutTest, RoundTripsBitExactlyThroughTheEnginesOwnLayout) {
+  const testing::Engine engine = GetParam();
+  const bool page1 = engine == testing::Engine::kSglangTokenPoolPage1;
+  // 4 heads of 64, so the head slice [1, 3) keeps two heads and their stride.
+  const testing::EngineLayout e =
+      testing::MakeEngineLayout(engine, 4, 4, 64, page1 ? 1 : 16, page1 ? 256 : 16);
+  auto shm = SharedRegion::Create(2 * e.bytes);
+  ASSERT_TRUE(shm.ok()) << shm.status();
+  auto region = client_->RegisterRegion("ns", shm->path(), shm->size());
+  ASSERT_TRUE(region.ok()) << region.status();
+  uint8_t* base = shm->data();
+  testing::CacheBuffer buf;
+  buf.region = &*region;
+  buf.write = [base](uint64_t at, const std::vector<uint8_t>& bytes) {
+    std::memcpy(base + at, bytes.data(), bytes.size());
+  };
+  buf.read = [base](uint64_t at, uint64_t n) {
+    return std::vector<uint8_t>(base + at, base + at + n);
+  };
+  testing::CheckEngineRoundTrip(*client_, e, DType::kF16, Preset::kXQuant, buf, rng_);
+  testing::CheckEngineRoundTrip(*client_, e, DType::kBF16, Preset::kKivi2, buf, rng_);
+}
+
+INSTANTIATE_TEST_SUITE_P(Engines, PagedEngineLayoutTest, ::testing::ValuesIn(testing::kEngines),
+                         [](const ::testing::TestParamInfo<testing::Engine>& info) {
+                           return testing::EngineName(info.param);
+                         });
+
+TEST_F(PagedIntegrationTest, RefusesBadStridesAndBlocksPastAStridedPlaneWithExactBounds) {
+  // vLLM's interleaved layout: K and V planes share each layer's tensor, 256 bytes apart.
+  const testing::EngineLayout e = testing::MakeEngineLayout(
+      testing::Engine::kVllmInterleavedKv, kShape.num_layers, kShape.num_heads,
+      kShape.head_dim, 16, 16);
+  ASSERT_LE(e.bytes, shm_.size());
+  const std::vector<uint16_t> in = cli::GeneratePayload(kShape, FreshSeed());
+  std::vector<uint8_t> flat(kShape.payload_bytes());
+  std::memcpy(flat.data(), in.data(), flat.size());
+  const std::vector<uint32_t> ids = testing::RandomIds(e.num_blocks, 6, rng_);  // 87 slots
+  testing::CopyElements(e, ids, 7, kShape.num_tokens, shm_.data(), flat.data(), true);
+  const PagedCache good = testing::MakeCache(e, &region_, 0, ids, 7);
+  const ChunkKey key{rng_(), rng_()};
+  auto put = [&](const PagedCache& cache) {
+    PutChunk c{key, kShape, Codec::FromPreset(Preset::kXQuant)};
+    c.paged = &cache;
+    return client_->Put("ns", c).status();
+  };
+  auto expect = [](const absl::Status& st, absl::StatusCode code, std::string_view field) {
+    EXPECT_EQ(st.code(), code) << st;
+    EXPECT_NE(st.message().find(std::string(field)), std::string::npos) << st;
+  };
+  const auto kInvalid = absl::StatusCode::kInvalidArgument;
+
+  for (uint64_t bad : {8, 24, 128}) {  // not a multiple of 16; 128: tokens would overlap
+    PagedCache c = good;
+    c.token_stride = bad;
+    expect(put(c), kInvalid, "chunks[0].data_paged.token_stride");
+  }
+  for (uint64_t bad : {8, 24, 16}) {  // 16: heads would overlap
+    PagedCache c = good;
+    c.head_stride = bad;
+    expect(put(c), kInvalid, "chunks[0].data_paged.head_stride");
+  }
+  PagedCache stride = good;
+  stride.block_stride += 8;
+  expect(put(stride), kInvalid, "chunks[0].data_paged.block_stride");
+  PagedCache past = good;
+  past.block_ids[3] = e.num_blocks;  // one block past the end of every plane
+  expect(put(past), kInvalid, "chunks[0].data_paged.planes[0].length");
+
+  // The bound is exact: a plane must reach the last byte its highest block can hold, at
+  // slot block_size - 1 and head H - 1, whatever the slots the tokens use.
+  const uint64_t max_id = *std::max_element(ids.begin(), ids.end());
+  const uint64_t need = max_id * e.block_stride + (e.block_size - 1) * e.token_stride +
+                        (e.heads - 1) * e.head_stride + 2ull * e.head_dim;
+  PagedCache exact = good;
+  for (PagedPlane& p : exact.planes) p.length = need;
+  PagedCache short3 = exact;
+  short3.planes[3].length = need - 16;
+  expect(put(short3), kInvalid, "chunks[0].data_paged.planes[3].length");
+  const std::vector<ChunkKey> chain{key};
+  auto present = client_->Lookup("ns", chain);
+  ASSERT_TRUE(present.ok()) << present.status();
+  EXPECT_EQ(*present, 0u);
+  ASSERT_TRUE(put(exact).ok());
+  auto plain = client_->Get("ns", key);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  const std::vector<uint8_t> oracle = Oracle(kShape, in);
+  EXPECT_TRUE(plain->data == std::string(oracle.begin(), oracle.end()));
+
+  // The same checks on a Get's output.
+  GetOptions g;
+  PagedCache out = good;
+  out.head_stride = 24;
+  g.output_paged = &out;
+  expect(client_->Get("ns", key, g).status(), kInvalid, "output_paged.head_stride");
+  out = exact;
+  out.planes[1].length = need - 16;
+  expect(client_->Get("ns", key, g).status(), kInvalid, "output_paged.planes[1].length");
+  out = exact;
+  ASSERT_TRUE(client_->Get("ns", key, g).ok());
 }
 
 }  // namespace

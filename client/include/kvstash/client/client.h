@@ -88,9 +88,12 @@ struct Region {
 };
 
 // A paged KV cache in registered regions (docs/api.md, "Paged caches"): per layer a K and a
-// V plane of [num_blocks][block_size][heads][head_dim] 16-bit values, and the blocks that
-// hold the tokens in order. Token t is slot (first_slot + t) % block_size of block
-// block_ids[(first_slot + t) / block_size].
+// V plane of 16-bit values, and the blocks that hold the tokens in order. Token t is slot
+// s = (first_slot + t) % block_size of block b = block_ids[(first_slot + t) / block_size],
+// and its element (head h, dim d) is at byte
+//   offset + b * block_stride + s * token_stride + h * head_stride + 2 * d
+// of its plane. The default strides (0) give [num_blocks][block_size][heads][head_dim];
+// docs/api.md lists the values for vLLM's and SGLang's layouts.
 struct PagedPlane {
   const Region* region = nullptr;      // not owned; must outlive the call
   uint64_t offset = 0;                 // block 0 of the plane, a multiple of 16
@@ -102,6 +105,10 @@ struct PagedCache {
   uint64_t block_stride = 0;           // bytes from a block to the next (multiple of 16)
   std::vector<uint32_t> block_ids;
   uint32_t first_slot = 0;             // slot of the first token in block_ids[0]
+  uint64_t token_stride = 0;           // bytes from a slot to the next (multiple of 16);
+                                       //   0 = heads * head_dim * 2
+  uint64_t head_stride = 0;            // bytes from a head to the next (multiple of 16);
+                                       //   0 = head_dim * 2
 };
 
 // One chunk to store. `data` is borrowed for the duration of the call.

@@ -156,11 +156,17 @@ cudaError_t LaunchValidate(const ValidateParams& p, cudaStream_t stream);
 
 // A paged KV cache (vLLM / SGLang style) as the source of an encode or the destination of a
 // decode, instead of a contiguous [L][2][T][H][D] buffer. Plane 2i+x is tensor x (K, V) of
-// layer i (of the chunk for an encode, of the slice for a decode), laid out
-// [num_blocks][block_size][rowH][D] with rowH = H (encode) or the slice's heads (decode).
-// Token t lives at slot s = first_slot + t, in block block_ids[s / block_size], at
-// planes[2i+x] + block_ids[s / block_size]·block_stride + (s % block_size)·rowH·D elements.
-// Bounds are the caller's: the kernels read and write exactly those rows.
+// layer i (of the chunk for an encode, of the slice for a decode), holding rowH heads:
+// rowH = H (encode) or the slice's heads (decode, head h' of the plane = head h0 + h').
+// Token t lives at slot s = first_slot + t, in block b = block_ids[s / block_size], and its
+// element (h, d) at
+//   planes[2i+x] + b·block_stride + (s % block_size)·token_stride + h·head_stride + d
+// elements. The strides describe the engines' layouts in place (docs/api.md, "Paged
+// caches"): [block][slot][head][D] rows (the defaults), head-major blocks, K and V
+// interleaved per head, layer-interleaved host pools. Bounds are the caller's: the kernels
+// read and write exactly those elements. Elements that overlap (strides too small for the
+// shape) are the caller's mistake: an encode reads them as they are, a decode leaves them
+// unspecified, and neither touches anything outside the elements above.
 struct PagedView {
   uint16_t* const* planes = nullptr;  // device array of device pointers, each 16-byte aligned;
                                       //   only read through by an encode
@@ -168,7 +174,19 @@ struct PagedView {
   uint32_t block_size = 0;            // tokens per block, >= 1
   uint32_t first_slot = 0;            // < block_size
   uint64_t block_stride = 0;          // elements between blocks; a multiple of 8
+  uint64_t token_stride = 0;          // elements between slots of a block; a multiple of 8;
+                                      //   0 = rowH·D (contiguous rows)
+  uint64_t head_stride = 0;           // elements between heads of a token; a multiple of 8;
+                                      //   0 = D
   KVSTASH_CUDA_HD bool enabled() const { return planes != nullptr; }
+  // This view with zero token/head strides replaced by their defaults for rows of `heads`
+  // heads of `head_dim` elements (the launchers call it; kernels see explicit strides).
+  KVSTASH_CUDA_HD PagedView Resolved(uint32_t heads, uint32_t head_dim) const {
+    PagedView v = *this;
+    if (v.head_stride == 0) v.head_stride = head_dim;
+    if (v.token_stride == 0) v.token_stride = uint64_t{heads} * head_dim;
+    return v;
+  }
 };
 
 // --- Encode ---------------------------------------------------------------------------------

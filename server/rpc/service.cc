@@ -1,12 +1,14 @@
 #include "server/rpc/service.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cctype>
 #include <cmath>
 #include <cstring>
 #include <optional>
 #include <span>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -467,10 +469,22 @@ absl::Status HandleGet(store::Store& store, const ServiceOptions& options,
         options.max_message_bytes, "); ask for fewer keys per Get or a layer range (layers)"));
 
   // Pass 2: decode each slice straight into its result's bytes field (or the region).
+  // Host outputs are decoded in key order as they are planned (their offsets depend on
+  // the sizes before them). Device outputs (CUDA IPC regions and paged caches) have
+  // their windows fixed by pass 1, so they are decoded concurrently afterwards, each on
+  // its own GPU worker stream: a prefix restore of many chunks from the host tier overlaps
+  // the chunks' PCIe copies, checksums and decodes instead of running them one by one.
   response->mutable_results()->Reserve(n);
   uint64_t cursor = 0;      // output_region: bytes used from its offset
   uint64_t token_at = 0;    // output_paged: tokens placed
   thread_local std::vector<uint8_t> scatter;  // output_paged in shared memory
+  std::vector<std::optional<absl::StatusOr<store::ChunkInfo>>> infos(n);
+  std::vector<DType> outs(n, DType::kF16);
+  struct DeviceRead {
+    int index;
+    store::DeviceTensor window;
+  };
+  std::vector<DeviceRead> device_reads;
   for (int i = 0; i < n; ++i) {
     const v1::ChunkKey& key = request.keys(i);
     v1::GetResult* result = response->add_results();
@@ -480,6 +494,7 @@ absl::Status HandleGet(store::Store& store, const ServiceOptions& options,
     DType out = static_cast<DType>(request.output_dtype());
     if (out == DType::kUnspecified)
       out = described[i] ? described[i]->shape.dtype : DType::kF16;
+    outs[i] = out;
     store::OutputAllocator alloc = [result](uint64_t bytes) -> uint8_t* {
       std::string* data = result->mutable_data();
       data->resize(bytes);
@@ -496,7 +511,7 @@ absl::Status HandleGet(store::Store& store, const ServiceOptions& options,
         return out_pin.data() + at;
       };
     }
-    absl::StatusOr<store::ChunkInfo> info;
+    std::optional<absl::StatusOr<store::ChunkInfo>>& info = infos[i];
     std::optional<store::DeviceTensor> window;
     const uint32_t tokens = described[i] ? described[i]->shape.num_tokens : 0;
     if (out_paged && described[i]) {
@@ -523,7 +538,7 @@ absl::Status HandleGet(store::Store& store, const ServiceOptions& options,
     } else if (to_paged && !described[i]) {
       info = absl::NotFoundError("absent in pass 1");
     } else if (window->tier >= 0) {
-      info = store.GetDevice(ns, ToStoreKey(key), slice, out, *window);
+      device_reads.push_back({i, *std::move(window)});  // decoded below, concurrently
     } else {
       // Shared-memory paged cache: decode, then scatter the rows into the blocks.
       const uint64_t rows_bytes = uint64_t{paged_layers} * 2 * tokens * window->row_bytes();
@@ -532,8 +547,32 @@ absl::Status HandleGet(store::Store& store, const ServiceOptions& options,
         scatter.resize(bytes);
         return scatter.data();
       });
-      if (info.ok()) ScatterHost(*window, paged_layers, tokens, scatter.data());
+      if (info->ok()) ScatterHost(*window, paged_layers, tokens, scatter.data());
     }
+  }
+  // Each device read writes its own disjoint window and its own infos[] slot. At most
+  // kMaxDeviceReadThreads threads per Get (the GPU tier bounds the streams they share).
+  {
+    constexpr size_t kMaxDeviceReadThreads = 16;
+    std::atomic<size_t> next{0};
+    auto run = [&] {
+      for (size_t j = next++; j < device_reads.size(); j = next++) {
+        const DeviceRead& d = device_reads[j];
+        infos[d.index] = store.GetDevice(ns, ToStoreKey(request.keys(d.index)), slice,
+                                         outs[d.index], d.window);
+      }
+    };
+    const size_t threads = std::min(device_reads.size(), kMaxDeviceReadThreads);
+    std::vector<std::thread> helpers;
+    for (size_t t = 1; t < threads; ++t) helpers.emplace_back(run);
+    run();
+    for (std::thread& t : helpers) t.join();
+  }
+  for (int i = 0; i < n; ++i) {
+    const v1::ChunkKey& key = request.keys(i);
+    v1::GetResult* result = response->mutable_results(i);
+    const DType out = outs[i];
+    const absl::StatusOr<store::ChunkInfo>& info = *infos[i];
     if (!info.ok()) {
       if (info.status().code() == absl::StatusCode::kNotFound) {
         if (!request.allow_missing())  // deleted or evicted since pass 1

@@ -71,6 +71,9 @@ def gpu(args, report):
         for i, k in enumerate(keys):
             c.put(k, buf[i], codec=args.codec)
         one = timed(lambda: c.get(keys[0], out=out[0]), args.reps)
+        # Where the Python client's time goes: keys from token ids, one Lookup RPC.
+        keys_t = timed(lambda: kvstash.chunk_keys(tokens, T, c.namespace), args.reps)
+        look = timed(lambda: c.lookup(keys), args.reps)
         pre = timed(lambda: c.get_prefix(tokens, T, into=out), args.reps)
         res = c.get_prefix(tokens, T, into=out)
         assert res.chunks == n, res.chunks
@@ -84,7 +87,7 @@ def gpu(args, report):
     report.update({
         "device": torch.cuda.get_device_name(0),
         "chunk_bytes": chunk_bytes, "chunks": n,
-        "get1": one, "prefix": pre,
+        "get1": one, "prefix": pre, "chunk_keys": keys_t, "lookup": look,
         "get1_gbps": chunk_bytes / one["p50_ms"] / 1e6,
         "prefix_gbps": tot / pre["p50_ms"] / 1e6,
         "pinned_h2d_ms": h2d, "pinned_h2d_gbps": tot / h2d / 1e6,

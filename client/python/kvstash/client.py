@@ -16,7 +16,7 @@ import numpy as np
 from . import _arrays, _cuda, layouts
 from .codec import Codec, CodecConfig, codec_to_proto, preset_name
 from .errors import Error, from_rpc, invalid
-from .keys import ChunkKey, chunk_keys
+from .keys import ChunkKey, _token_array, chunk_keys
 from .regions import LeaseRenewer, Region, create_shm_file, map_shm
 from .v1 import kvstash_pb2 as pb
 
@@ -112,6 +112,8 @@ class Stats:
 
 
 def _key(k: KeyLike, what: str) -> pb.ChunkKey:
+    if type(k) is ChunkKey and 0 <= k.hi < 2**64 and 0 <= k.lo < 2**64:
+        return pb.ChunkKey(hi=k.hi, lo=k.lo)
     if isinstance(k, str):
         try:
             k = ChunkKey.from_hex(k)
@@ -123,6 +125,11 @@ def _key(k: KeyLike, what: str) -> pb.ChunkKey:
             raise invalid(f"{what}: hi and lo must be unsigned 64-bit integers")
         return pb.ChunkKey(hi=hi, lo=lo)
     raise invalid(f"{what}: expected a ChunkKey, 32 hex digits or (hi, lo), got {k!r}")
+
+
+def _keys(keys: Sequence[KeyLike], what: str = "keys") -> list[pb.ChunkKey]:
+    return [_key(k, f"{what}[{i}]") if type(k) is not ChunkKey else _key(k, what)
+            for i, k in enumerate(keys)]
 
 
 def _range(r: Range, what: str) -> pb.Range | None:
@@ -234,7 +241,7 @@ class Client:
         if not keys:
             return 0
         req = pb.LookupRequest(namespace=self.namespace,
-                               keys=[_key(k, f"keys[{i}]") for i, k in enumerate(keys)])
+                               keys=_keys(keys))
         return self._call("Lookup", req, pb.LookupResponse).present_prefix
 
     def delete(self, keys: Sequence[KeyLike]) -> tuple[int, int]:
@@ -242,7 +249,7 @@ class Client:
         if not keys:
             return 0, 0
         req = pb.DeleteRequest(namespace=self.namespace,
-                               keys=[_key(k, f"keys[{i}]") for i, k in enumerate(keys)])
+                               keys=_keys(keys))
         r = self._call("Delete", req, pb.DeleteResponse)
         return r.deleted, r.not_found
 
@@ -383,7 +390,7 @@ class Client:
         if dtype is not None and dtype not in _arrays.DTYPES:
             raise invalid(f"dtype: {dtype!r} must be 'fp16', 'bf16' or None")
         req = pb.GetRequest(namespace=self.namespace,
-                            keys=[_key(k, f"keys[{i}]") for i, k in enumerate(keys)],
+                            keys=_keys(keys),
                             allow_missing=allow_missing)
         for name, r in (("layers", layers), ("heads", heads)):
             pr = _range(r, name)
@@ -458,10 +465,10 @@ class Client:
         ``[chunks, l, 2, T, h, D]``. A chunk evicted between the Lookup and the Get ends the
         prefix there.
         """
-        ids = token_ids
-        if hasattr(ids, "detach"):
-            ids = ids.detach().cpu().numpy()
-        ids = np.asarray(ids).reshape(-1)
+        try:
+            ids = _token_array(token_ids)
+        except ValueError as e:
+            raise invalid(str(e)) from None
         if max_tokens is not None:
             ids = ids[:max(0, max_tokens)]
         keys = chunk_keys(ids, chunk_tokens, self.namespace, prev)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Union
 
@@ -50,6 +51,7 @@ class CodecConfig:
 Codec = Union[str, CodecConfig]
 
 
+@functools.lru_cache(maxsize=256)
 def _f32(x: float) -> float:
     return float(str(np.float32(x)))
 

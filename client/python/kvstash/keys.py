@@ -38,23 +38,38 @@ class ChunkKey(NamedTuple):
         return self.hex()
 
 
-def _token_bytes(tokens: Sequence[int] | np.ndarray) -> bytes:
-    a = np.asarray(tokens)
+def _token_array(tokens: Sequence[int] | np.ndarray | Iterable[int]) -> np.ndarray:
+    """Token ids as little-endian 32-bit words (ids >= 2^31 wrap to their two's complement
+    bytes, as a C++ int32_t cast does). ValueError for anything that is not 1-D integers
+    within 32 bits."""
+    if hasattr(tokens, "detach"):  # a torch tensor
+        tokens = tokens.detach().cpu().numpy()
+    if isinstance(tokens, np.ndarray):
+        a = tokens
+    elif isinstance(tokens, (list, tuple)):
+        try:
+            a = np.array(tokens, dtype=np.int64) if tokens else np.zeros(0, np.int64)
+        except (OverflowError, TypeError, ValueError) as e:
+            raise ValueError(f"token_ids: every id must be an integer within 32 bits ({e})") from None
+    else:
+        a = np.fromiter(tokens, dtype=np.int64)
     if a.ndim != 1:
         raise ValueError(f"token_ids: expected a 1-D sequence, got shape {a.shape}")
-    if a.size and not np.issubdtype(a.dtype, np.integer):
+    if a.size == 0:
+        return np.zeros(0, "<u4")
+    if not np.issubdtype(a.dtype, np.integer):
         raise ValueError(f"token_ids: expected integers, got dtype {a.dtype}")
-    if a.size and (a.min() < -(1 << 31) or a.max() >= (1 << 32)):
-        raise ValueError("token_ids: every id must fit in 32 bits")
-    # Ids >= 2^31 wrap to their two's complement bytes, as a C++ int32_t cast does.
-    return a.astype(np.int64).astype("<u4").tobytes() if a.size else b""
+    if a.dtype.itemsize > 4 or a.dtype == np.uint32:
+        if a.min() < -(1 << 31) or a.max() >= (1 << 32):
+            raise ValueError("token_ids: every id must fit in 32 bits")
+    return a.astype("<u4")  # a C-style cast: negative ids wrap, as in C++
 
 
 def chain_key(prev: ChunkKey | None, tokens: Sequence[int] | np.ndarray, namespace: str) -> ChunkKey:
     """The key of the chunk holding ``tokens`` after the chunk keyed ``prev`` (None: first)."""
     p = prev or ChunkKey(0, 0)
-    buf = (p.hi.to_bytes(8, "little") + p.lo.to_bytes(8, "little") + _token_bytes(tokens)
-           + namespace.encode("utf-8"))
+    buf = (p.hi.to_bytes(8, "little") + p.lo.to_bytes(8, "little")
+           + _token_array(tokens).tobytes() + namespace.encode("utf-8"))
     d = xxhash.xxh3_128_intdigest(buf)
     return ChunkKey(d >> 64, d & _MASK64)
 
@@ -71,14 +86,17 @@ def chunk_keys(token_ids: Sequence[int] | np.ndarray | Iterable[int], chunk_toke
     """
     if chunk_tokens <= 0:
         raise ValueError(f"chunk_tokens: {chunk_tokens} must be positive")
-    if hasattr(token_ids, "detach"):  # a torch tensor
-        token_ids = token_ids.detach().cpu().numpy()
-    a = np.asarray(token_ids if not isinstance(token_ids, (list, tuple)) else list(token_ids))
-    if a.ndim != 1:
-        raise ValueError(f"token_ids: expected a 1-D sequence, got shape {a.shape}")
+    words = _token_array(token_ids)
+    raw = words.tobytes()
+    ns = namespace.encode("utf-8")
+    step = 4 * chunk_tokens
+    p = prev or ChunkKey(0, 0)
+    hi, lo = p.hi, p.lo
     keys: list[ChunkKey] = []
-    k = prev
-    for i in range(a.size // chunk_tokens):
-        k = chain_key(k, a[i * chunk_tokens:(i + 1) * chunk_tokens], namespace)
-        keys.append(k)
+    digest = xxhash.xxh3_128_intdigest
+    for i in range(words.size // chunk_tokens):
+        d = digest(hi.to_bytes(8, "little") + lo.to_bytes(8, "little")
+                   + raw[i * step:(i + 1) * step] + ns)
+        hi, lo = d >> 64, d & _MASK64
+        keys.append(ChunkKey(hi, lo))
     return keys

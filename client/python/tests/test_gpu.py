@@ -17,8 +17,14 @@ BS, NB, T = 16, 24, 32
 
 @pytest.fixture
 def gpu_client(client):
-    if client.stats().codec_path != "cuda":
-        pytest.skip("the daemon has no GPU tier (built without CUDA?)")
+    probe = torch.zeros(16, dtype=torch.float16, device="cuda")
+    try:
+        region = client.register_cuda(probe)
+    except kvstash.Error as e:
+        if e.code.name == "FAILED_PRECONDITION" and "no GPU tier" in e.message:
+            pytest.skip("the daemon has no GPU tier (built without CUDA, or --gpu off)")
+        raise
+    client.unregister(region)
     return client
 
 

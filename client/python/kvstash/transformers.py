@@ -151,7 +151,7 @@ class PrefixCache:
         cap = -(-cap // self.chunk_tokens) * self.chunk_tokens
         if self._staging is not None:
             for r in self.client.regions():
-                if self._staging in r.keepalive:
+                if any(x is self._staging for x in r.keepalive):
                     self.client.unregister(r)
             self._staging = None
         shape = (self.num_layers, 2, self.num_heads, cap, self.head_dim)

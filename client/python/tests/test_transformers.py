@@ -89,7 +89,20 @@ def test_fp16_restore_is_token_identical(hf_client, arch, length):
         assert (full - part).abs().max().item() <= 2e-2 * max(1.0, full.abs().max().item())
     again = generate_with_prefix_cache(model, pc, ids, max_new_tokens=8, do_sample=False,
                                        pad_token_id=0)
-    assert torch.equal(again, want)
+    if t:
+        # Exactly what transformers' own prefix caching gives: the same prefix computed by
+        # the model into a DynamicCache, then generate. The restored K/V are bit-identical
+        # to that cache, so the tokens are too, on every device.
+        own = transformers.DynamicCache(config=model.config)
+        model(input_ids=ids[:, :t], past_key_values=own, use_cache=True)
+        assert torch.equal(again, greedy(model, ids, own))
+    # Against a full prefill without any cache: the first new token always agrees; on the
+    # CPU the whole greedy continuation does too. On a GPU, sdpa's kernels round a split
+    # prefill (prefix, then the rest) differently from a full one, and the near-uniform
+    # logits of random weights can then flip a later argmax, with or without kvstash.
+    assert again[0, length].item() == want[0, length].item()
+    if DEVICE == "cpu":
+        assert torch.equal(again, want)
     assert pc.stats.skipped_chunks >= length // C  # nothing was sent twice
 
 

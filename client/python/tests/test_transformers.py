@@ -54,6 +54,13 @@ def hf_client(client):
     return client
 
 
+def own_cache(model, ids, t):
+    """transformers' own prefix cache: the model computes the first t tokens."""
+    c = transformers.DynamicCache(config=model.config)
+    model(input_ids=ids[:, :t], past_key_values=c, use_cache=True)
+    return c
+
+
 def greedy(model, ids, cache=None, n=8):
     return model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=cache,
                           max_new_tokens=n, do_sample=False, pad_token_id=0)
@@ -93,9 +100,7 @@ def test_fp16_restore_is_token_identical(hf_client, arch, length):
         # Exactly what transformers' own prefix caching gives: the same prefix computed by
         # the model into a DynamicCache, then generate. The restored K/V are bit-identical
         # to that cache, so the tokens are too, on every device.
-        own = transformers.DynamicCache(config=model.config)
-        model(input_ids=ids[:, :t], past_key_values=own, use_cache=True)
-        assert torch.equal(again, greedy(model, ids, own))
+        assert torch.equal(again, greedy(model, ids, own_cache(model, ids, t)))
     # Against a full prefill without any cache: the first new token always agrees; on the
     # CPU the whole greedy continuation does too. On a GPU, sdpa's kernels round a split
     # prefill (prefix, then the rest) differently from a full one, and the near-uniform
@@ -115,7 +120,7 @@ def test_shared_prefix_between_prompts(hf_client):
     other = torch.cat([base[:, :2 * C], prompt(C + 7, seed=2)], dim=1)  # shares 2 chunks
     cache, t = pc.restore(other)
     assert t == 2 * C
-    assert torch.equal(greedy(model, other, cache), greedy(model, other))
+    assert torch.equal(greedy(model, other, cache), greedy(model, other, own_cache(model, other, t)))
 
 
 @torch.no_grad()
@@ -163,7 +168,7 @@ def test_missing_chunk_after_lookup_shortens_the_prefix(hf_client):
     hf_client.delete([keys[1]])
     cache, t = pc.restore(ids)
     assert t == C
-    assert torch.equal(greedy(model, ids, cache), greedy(model, ids))
+    assert torch.equal(greedy(model, ids, cache), greedy(model, ids, own_cache(model, ids, t)))
 
 
 def test_refuses_unsupported_models(client):

@@ -3,6 +3,10 @@
 # the kvstashd of ${BUILD_DIR:-build}. Part of scripts/test.sh (the README's test command).
 #   KVSTASH_PY_VENV   the venv (default /opt/kvstash-python-venv; recreated each run so the
 #                     install from pyproject.toml is what is tested)
+#   KVSTASH_PY_TORCH  1 (default): also install torch and transformers (the package's
+#                     [transformers] extra, about 3 GB from PyPI: its Linux torch carries CUDA
+#                     libraries), so the torch paths and kvstash.transformers run on the CPU
+#                     too; 0: without them (those tests skip, saying why)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${KVSTASH_PY_VENV:-/opt/kvstash-python-venv}"
@@ -11,7 +15,9 @@ SUDO=""
 $SUDO rm -rf "$VENV"
 $SUDO /usr/bin/python3 -m venv "$VENV"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
-$SUDO "$VENV/bin/python" -m pip install -q --retries 5 --timeout 60 "./client/python[test]"
+extras="test"
+[ "${KVSTASH_PY_TORCH:-1}" = 1 ] && extras="test,transformers"
+$SUDO "$VENV/bin/python" -m pip install -q --retries 5 --timeout 120 "./client/python[$extras]"
 export KVSTASH_DAEMON="${KVSTASH_DAEMON:-$PWD/${BUILD_DIR:-build}/server/kvstashd}"
 export KVSTASH_CODEC_CAPI="${KVSTASH_CODEC_CAPI:-$PWD/${BUILD_DIR:-build}/kernels/capi/libkvstash_codec_capi.so}"
 # Run from the tests folder, so `import kvstash` is the installed package, not the source.

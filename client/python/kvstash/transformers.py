@@ -137,6 +137,7 @@ class PrefixCache:
             _model_geometry(model)
         self.stats = PrefixCacheStats()
         self._staging = None       # [L, 2, H, capacity, D] in registered memory
+        self._staging_layout: layouts.PagedCache | None = None
         self._logged: set[str] = set()
 
     # --- staging ---------------------------------------------------------------------------
@@ -162,6 +163,7 @@ class PrefixCache:
             t = self.client.host_buffer(shape, "bf16" if self.dtype == torch.bfloat16 else "fp16",
                                         torch=True)
         self._staging = t
+        self._staging_layout = layouts.dense(t)  # described once: 2 planes per layer
         return t
 
     def _fallback(self, what: str, e: Exception) -> None:
@@ -213,7 +215,7 @@ class PrefixCache:
                 self.stats.last_restore = {"lookup": t1 - t0, "fetch": 0.0, "build": 0.0}
                 return None, 0
             staging = self._stage(n * self.chunk_tokens)
-            res = self.client.get_paged(keys[:n], layouts.dense(staging), allow_missing=True)
+            res = self.client.get_paged(keys[:n], self._staging_layout, allow_missing=True)
             t2 = time.perf_counter()
         except Error as e:
             self._fallback("restore", e)
@@ -274,7 +276,7 @@ class PrefixCache:
                     k[0, :, start * self.chunk_tokens:T])
                 staging[l, 1, :, start * self.chunk_tokens:T].copy_(
                     v[0, :, start * self.chunk_tokens:T])
-            res = self.client.put_paged(keys[start:], _shifted(layouts.dense(staging), start *
+            res = self.client.put_paged(keys[start:], _shifted(self._staging_layout, start *
                                                                self.chunk_tokens),
                                         self.chunk_tokens, codec=self.codec)
         except Error as e:

@@ -550,8 +550,33 @@ absl::Status HandleGet(store::Store& store, const ServiceOptions& options,
       if (info->ok()) ScatterHost(*window, paged_layers, tokens, scatter.data());
     }
   }
-  // Each device read writes its own disjoint window and its own infos[] slot. At most
-  // kMaxDeviceReadThreads threads per Get (the GPU tier bounds the streams they share).
+  // First the store batches what it can (a restore of host-tier chunks: one worker, the
+  // copies of all chunks in flight at once, a decode launch per group of chunks); the
+  // rest run concurrently below. Each device read writes its own disjoint window and its
+  // own infos[] slot.
+  if (device_reads.size() > 1) {
+    std::vector<store::ChunkKey> keys;
+    std::vector<DType> dtypes;
+    std::vector<store::DeviceTensor> windows;
+    std::vector<std::optional<absl::StatusOr<store::ChunkInfo>>> batched(device_reads.size());
+    for (const DeviceRead& d : device_reads) {
+      keys.push_back(ToStoreKey(request.keys(d.index)));
+      dtypes.push_back(outs[d.index]);
+      windows.push_back(d.window);
+    }
+    store.GetDeviceMany(ns, keys, slice, dtypes, windows, batched);
+    std::vector<DeviceRead> rest;
+    for (size_t j = 0; j < device_reads.size(); ++j) {
+      if (batched[j]) {
+        infos[device_reads[j].index] = *std::move(batched[j]);
+      } else {
+        rest.push_back(std::move(device_reads[j]));
+      }
+    }
+    device_reads = std::move(rest);
+  }
+  // At most kMaxDeviceReadThreads threads per Get (the GPU tier bounds the streams they
+  // share).
   {
     constexpr size_t kMaxDeviceReadThreads = 16;
     std::atomic<size_t> next{0};

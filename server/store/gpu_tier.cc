@@ -98,11 +98,6 @@ void CudaBuffer::Free() {
 
 // --- HostCopier -------------------------------------------------------------------------
 
-struct HostCopier::Batch {
-  absl::Mutex mu;
-  int left ABSL_GUARDED_BY(mu) = 0;
-};
-
 HostCopier::HostCopier(uint32_t threads) {
   for (uint32_t i = 0; i < threads; ++i) threads_.emplace_back([this] { Loop(); });
 }
@@ -116,19 +111,45 @@ HostCopier::~HostCopier() {
 }
 
 void HostCopier::Loop() {
+  absl::MutexLock lock(&mu_);
   for (;;) {
-    Task t;
-    {
-      absl::MutexLock lock(&mu_);
-      mu_.Await(absl::Condition(
-          +[](HostCopier* c) ABSL_NO_THREAD_SAFETY_ANALYSIS { return c->stop_ || !c->queue_.empty(); },
-          this));
-      if (queue_.empty()) return;  // stopping
-      t = queue_.back();
-      queue_.pop_back();
-    }
+    mu_.Await(absl::Condition(
+        +[](HostCopier* c) ABSL_NO_THREAD_SAFETY_ANALYSIS { return c->stop_ || !c->queue_.empty(); },
+        this));
+    if (queue_.empty()) return;  // stopping
+    const Task t = queue_.front();
+    queue_.pop_front();
+    mu_.Unlock();
     (*t.fn)();
-    absl::MutexLock lock(&t.batch->mu);
+    mu_.Lock();
+    --t.batch->left;
+  }
+}
+
+void HostCopier::Submit(std::span<const std::function<void()>> tasks, Batch* batch) {
+  absl::MutexLock lock(&mu_);
+  batch->left += static_cast<int>(tasks.size());
+  for (const auto& fn : tasks) queue_.push_back(Task{&fn, batch});
+}
+
+void HostCopier::Wait(Batch* batch) {
+  absl::MutexLock lock(&mu_);
+  for (;;) {
+    struct Args {
+      HostCopier* c;
+      Batch* b;
+    } args{this, batch};
+    mu_.Await(absl::Condition(
+        +[](Args* a) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+          return a->b->left == 0 || !a->c->queue_.empty();
+        },
+        &args));
+    if (batch->left == 0) return;
+    const Task t = queue_.front();
+    queue_.pop_front();
+    mu_.Unlock();
+    (*t.fn)();
+    mu_.Lock();
     --t.batch->left;
   }
 }
@@ -140,23 +161,13 @@ void HostCopier::Run(std::span<const std::function<void()>> tasks) {
     return;
   }
   Batch batch;
-  {
-    absl::MutexLock lock(&batch.mu);
-    batch.left = static_cast<int>(tasks.size() - 1);
-  }
-  {
-    absl::MutexLock lock(&mu_);
-    for (size_t i = 1; i < tasks.size(); ++i) queue_.push_back(Task{&tasks[i], &batch});
-  }
-  tasks[0]();
-  absl::MutexLock lock(&batch.mu);
-  batch.mu.Await(absl::Condition(
-      +[](Batch* b) ABSL_NO_THREAD_SAFETY_ANALYSIS { return b->left == 0; }, &batch));
+  Submit(tasks, &batch);
+  Wait(&batch);
 }
 
 void HostCopier::Copy(uint8_t* dst, const uint8_t* src, uint64_t n) {
-  const uint64_t parts =
-      std::min<uint64_t>(threads_.size() + 1, std::max<uint64_t>(n / kMinPart, 1));
+  const uint64_t parts = std::min<uint64_t>(std::min<uint64_t>(threads_.size() + 1, kMaxCopyParts),
+                                            std::max<uint64_t>(n / kMinPart, 1));
   if (parts <= 1) {
     std::memcpy(dst, src, n);
     return;
@@ -191,9 +202,12 @@ absl::Status GpuWorker::Init() {
 GpuWorker::~GpuWorker() {
   cudaSetDevice(device_);
   if (stream_ != nullptr) cudaStreamSynchronize(stream_);
+  if (decode_stream_ != nullptr) cudaStreamSynchronize(decode_stream_);
   for (cudaEvent_t e : events_) {
     if (e != nullptr) cudaEventDestroy(e);
   }
+  for (cudaEvent_t e : group_events_) cudaEventDestroy(e);
+  if (decode_stream_ != nullptr) cudaStreamDestroy(decode_stream_);
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
 }
 
@@ -579,6 +593,165 @@ absl::Status GpuWorker::DecodeToDevice(const kernels::ParsedHeader& header, cons
                   std::chrono::duration_cast<us>(t1 - t0).count(), last_verify_us_,
                   std::chrono::duration_cast<us>(t2 - t1).count());
   }
+  return st;
+}
+
+// The batched restore. Three things overlap: the DMA of every chunk's compressed sections
+// (issued at once on stream_, so the copy engine never idles), the CPU checksums of a group
+// of chunks (copy threads), and the decodes of earlier groups (decode_stream_, each launch
+// waiting on the event behind its group's copies). Checksums run faster than PCIe, so a
+// group is verified before its copies land and its decode starts as they do; what is left
+// after the last copy is one group's decode. A chunk is decoded only after all of its
+// sections matched; the copies only fill this worker's scratch.
+absl::Status GpuWorker::DecodeManyToDevice(std::span<const HostRestore> chunks,
+                                           const kernels::Slice& resolved,
+                                           kernels::DType out_dtype,
+                                           std::span<absl::Status> status) {
+  const size_t n = chunks.size();
+  if (n == 0) return absl::OkStatus();
+  const kernels::ChunkLayout& lay = chunks[0].header->layout;
+  const uint32_t num_pairs = lay.num_pairs();
+  const kernels::PairRange range = kernels::PairsForSlice(resolved);
+  const uint64_t out_bytes = kernels::DecodedBytes(lay.shape, resolved);
+  const size_t groups = (n + kChunksPerLaunch - 1) / kChunksPerLaunch;
+  auto rel = [&](size_t c, uint32_t p) {  // pair p's offset in chunk c's run
+    return chunks[c].section_offset[p] - chunks[c].section_offset[range.first];
+  };
+  auto run_bytes = [&](size_t c) { return rel(c, range.last) + lay.pairs[range.last].bytes; };
+  std::vector<uint64_t> at(n + 1, 0);  // chunk c's run in d_gather_, 256-byte aligned
+  for (size_t c = 0; c < n; ++c) at[c + 1] = at[c] + (run_bytes(c) + 255) / 256 * 256;
+  const uint64_t table_bytes = uint64_t{n} * num_pairs * sizeof(void*);
+  if (auto st = d_gather_.Reserve(at[n]); !st.ok()) return st;
+  if (auto st = h_ptrs_.Reserve(table_bytes); !st.ok()) return st;
+  if (auto st = d_ptrs_.Reserve(table_bytes); !st.ok()) return st;
+  if (decode_stream_ == nullptr) {
+    KVSTASH_CUDA_RETURN_IF_ERROR(
+        cudaStreamCreateWithFlags(&decode_stream_, cudaStreamNonBlocking),
+        "gpu tier: cudaStreamCreate");
+  }
+  while (group_events_.size() < groups) {
+    cudaEvent_t e = nullptr;
+    KVSTASH_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&e, cudaEventDisableTiming),
+                                 "gpu tier: cudaEventCreate");
+    group_events_.push_back(e);
+  }
+  uint8_t* const gather = d_gather_.data();
+  const uint8_t** table = reinterpret_cast<const uint8_t**>(h_ptrs_.data());
+  std::fill(table, table + uint64_t{n} * num_pairs, nullptr);
+  for (size_t c = 0; c < n; ++c) {
+    for (uint32_t p = range.first; p <= range.last; ++p) {
+      table[c * num_pairs + p] = gather + at[c] + rel(c, p);
+    }
+  }
+
+  // bad[c * num_pairs + p]: one writer per flag. Every group's checksums are queued at
+  // once, in chunk order and before the copies are issued, so the copy threads start at
+  // once and never wait at a group boundary; the caller helps while it waits for each
+  // group in turn.
+  std::vector<uint8_t> bad(uint64_t{n} * num_pairs, 0);
+  std::vector<std::vector<std::function<void()>>> tasks(groups);
+  std::unique_ptr<HostCopier::Batch[]> verified(new HostCopier::Batch[groups]);
+  for (size_t g = 0; g < groups; ++g) {
+    const size_t b = g * kChunksPerLaunch, e = std::min(n, b + kChunksPerLaunch);
+    for (size_t c = b; c < e; ++c) {
+      for (uint32_t p = range.first; p <= range.last; ++p) {
+        tasks[g].push_back([&, c, p] {
+          bad[c * num_pairs + p] = kernels::Xxh3(chunks[c].run + rel(c, p), lay.pairs[p].bytes) !=
+                                   chunks[c].header->section_checksums[p];
+        });
+      }
+    }
+  }
+  const auto v0 = std::chrono::steady_clock::now();
+  for (size_t g = 0; g < groups; ++g) copier_->Submit(tasks[g], &verified[g]);
+  // From here on the copy threads read `bad`, `chunks` and `tasks`, and (after the first
+  // copy) the streams read the caller's pinned pages and this worker's scratch: every exit
+  // waits for all of them.
+  size_t waited = 0;
+  auto finish = [&](absl::Status st) {
+    for (; waited < groups; ++waited) copier_->Wait(&verified[waited]);
+    const cudaError_t a = cudaStreamSynchronize(stream_);
+    const cudaError_t b = cudaStreamSynchronize(decode_stream_);
+    if (st.ok() && a != cudaSuccess) st = kernels::cuda::CudaStatus(a, "gpu tier: restore copies");
+    if (st.ok() && b != cudaSuccess) st = kernels::cuda::CudaStatus(b, "gpu tier: restore decodes");
+    return st;
+  };
+  auto fail = [&](cudaError_t err, const char* what) {
+    return finish(kernels::cuda::CudaStatus(err, what));
+  };
+  for (size_t g = 0; g < groups; ++g) {
+    const size_t e = std::min(n, (g + 1) * kChunksPerLaunch);
+    for (size_t c = g * kChunksPerLaunch; c < e; ++c) {
+      if (cudaError_t err = cudaMemcpyAsync(gather + at[c], chunks[c].run, run_bytes(c),
+                                            cudaMemcpyHostToDevice, stream_);
+          err != cudaSuccess) {
+        return fail(err, "gpu tier: host-to-device copy");
+      }
+    }
+    if (cudaError_t err = cudaEventRecord(group_events_[g], stream_); err != cudaSuccess) {
+      return fail(err, "gpu tier: cudaEventRecord");
+    }
+  }
+  // h_ptrs_ is not written again until this returns (after the synchronization).
+  if (cudaError_t err = cudaMemcpyAsync(d_ptrs_.data(), h_ptrs_.data(), table_bytes,
+                                        cudaMemcpyHostToDevice, decode_stream_);
+      err != cudaSuccess) {
+    return fail(err, "gpu tier: copy pointer tables");
+  }
+  kernels::cuda::DecodeParams base;
+  base.geo = kernels::cuda::GeometryOf(lay);
+  SetSlice(resolved, out_dtype, &base);
+  const auto* d_table = reinterpret_cast<const uint8_t* const*>(d_ptrs_.data());
+
+  for (size_t g = 0; g < groups; ++g) {
+    const size_t b = g * kChunksPerLaunch, e = std::min(n, b + kChunksPerLaunch);
+    copier_->Wait(&verified[g]);
+    waited = g + 1;
+    auto chunk_ok = [&](size_t c) {
+      for (uint32_t p = range.first; p <= range.last; ++p) {
+        if (bad[c * num_pairs + p]) {
+          status[c] = absl::DataLossError(absl::StrCat(
+              "store: pair section ", p, " of a host-tier chunk fails its checksum"));
+          return false;
+        }
+      }
+      status[c] = absl::OkStatus();
+      return true;
+    };
+    if (cudaError_t err = cudaStreamWaitEvent(decode_stream_, group_events_[g], 0);
+        err != cudaSuccess) {
+      return fail(err, "gpu tier: cudaStreamWaitEvent");
+    }
+    // One launch per run of good chunks with adjacent outputs ([C][...] contiguous).
+    for (size_t s = b; s < e;) {
+      if (!chunk_ok(s)) {
+        ++s;
+        continue;
+      }
+      size_t t = s + 1;
+      while (t < e && chunks[t].out == chunks[t - 1].out + out_bytes && chunk_ok(t)) ++t;
+      kernels::cuda::DecodeParams dp = base;
+      dp.sections = d_table + s * num_pairs;
+      dp.num_chunks = static_cast<uint32_t>(t - s);
+      dp.out = reinterpret_cast<uint16_t*>(chunks[s].out);
+      if (cudaError_t err = kernels::cuda::LaunchDecode(dp, decode_stream_);
+          err != cudaSuccess) {
+        return fail(err, "gpu tier: decode launch");
+      }
+      // A chunk that broke the run (bad, or a non-adjacent output) starts the next one.
+      s = t;
+    }
+  }
+  const int64_t verify_us = std::chrono::duration_cast<std::chrono::microseconds>(
+                                std::chrono::steady_clock::now() - v0)
+                                .count();
+  absl::Status st = finish(absl::OkStatus());
+  spdlog::trace("gpu tier {}: batched restore of {} chunks, {} MB over PCIe: checksums done "
+                "after {} us, decodes after {} us",
+                device_, n, at[n] / 1000000, verify_us,
+                std::chrono::duration_cast<std::chrono::microseconds>(
+                    std::chrono::steady_clock::now() - v0)
+                    .count());
   return st;
 }
 

@@ -14,6 +14,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <span>
@@ -44,8 +45,9 @@ struct GpuTierOptions {
   uint32_t page_bytes = 64 * 1024; // same as the host pool's, so tiers share page layouts
   uint32_t workers = 4;            // streams (and staging buffer pairs) per device
   uint64_t staging_bytes = 4 << 20;  // bytes of each of a worker's two pinned buffers
-  // Threads that split each staging memcpy (pageable <-> pinned) with the calling worker;
-  // 0 = min(7, hardware threads / 2). Shared by the device's workers. Default 0.
+  // Threads that split host work (staging memcpys, restore checksums) with the calling
+  // worker; 0 = min(7, hardware threads / 2). Shared by the device's workers. A memcpy
+  // uses at most HostCopier::kMaxCopyParts of them. Default 0.
   uint32_t copy_threads = 0;
 };
 
@@ -53,8 +55,9 @@ struct GpuTierOptions {
 // Moving 16-bit data between pageable and pinned staging memory is what bounds one request
 // through the GPU (docs/store.md, "GPU tier"); one thread copies ~7-10 GB/s, several
 // saturate memory bandwidth instead.
-// Thread-safe: any number of callers may Copy or Run at once; each returns when its work is
-// done. The mutex guards only the task queue; work runs outside it.
+// Thread-safe: any number of callers may Copy, Run or Submit at once; tasks run in the
+// order they were queued (first in, first out). The mutex guards only the task queue and
+// the batches' counters; work runs outside it.
 class HostCopier {
  public:
   // `threads` helpers besides the caller; 0 = everything runs on the caller.
@@ -63,15 +66,33 @@ class HostCopier {
   HostCopier(const HostCopier&) = delete;
   HostCopier& operator=(const HostCopier&) = delete;
 
+  // Tasks queued by one Submit; Wait returns when all of them ran.
+  class Batch {
+   public:
+    Batch() = default;
+    Batch(const Batch&) = delete;
+    Batch& operator=(const Batch&) = delete;
+
+   private:
+    friend class HostCopier;
+    int left = 0;  // guarded by the copier's mutex
+  };
+
   // memcpy(dst, src, n), split into parts of at least kMinPart bytes when n is large.
   void Copy(uint8_t* dst, const uint8_t* src, uint64_t n);
   // Runs every task, on the helpers and the caller; returns when all are done.
   void Run(std::span<const std::function<void()>> tasks);
+  // Queues `tasks` behind everything queued before. `tasks` and `batch` must stay alive
+  // until Wait(batch) returns. REQUIRES: `batch` has no tasks outstanding.
+  void Submit(std::span<const std::function<void()>> tasks, Batch* batch);
+  // Runs queued tasks (anyone's) on the caller until every task of `batch` has run.
+  void Wait(Batch* batch);
 
   static constexpr uint64_t kMinPart = 512 << 10;
+  // A memcpy saturates memory bandwidth with this many threads; more only add overhead.
+  static constexpr uint64_t kMaxCopyParts = 8;
 
  private:
-  struct Batch;
   struct Task {
     const std::function<void()>* fn;
     Batch* batch;
@@ -79,7 +100,7 @@ class HostCopier {
   void Loop();
 
   absl::Mutex mu_;
-  std::vector<Task> queue_ ABSL_GUARDED_BY(mu_);
+  std::deque<Task> queue_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> threads_;
 };
@@ -174,6 +195,36 @@ class GpuWorker {
                               const kernels::Slice& resolved, kernels::DType out_dtype,
                               const DeviceTensor& out);
 
+  // One chunk of a batched host-tier restore (DecodeManyToDevice).
+  struct HostRestore {
+    const kernels::ParsedHeader* header = nullptr;
+    std::span<const uint64_t> section_offset;
+    // Pair section PairsForSlice(resolved).first in the registered host pool; the sections
+    // up to .last follow it in the same run of adjacent pages, at their section offsets.
+    const uint8_t* run = nullptr;
+    uint8_t* out = nullptr;  // contiguous [l1-l0][2][T][h1-h0][D] output on this device
+  };
+  // Restores host-tier chunks of one layout into device memory, each with the slice
+  // `resolved` in `out_dtype`. The chunks' section runs go H2D in key order on this
+  // worker's stream, one DMA each, while the copy threads verify their checksums in chunk
+  // order; each group of kChunksPerLaunch chunks, once verified, has its chunks whose
+  // outputs are adjacent decoded in one launch (num_chunks) on a second stream, behind the
+  // copies they read. Sets status[i] to OK, or to DataLoss when chunk i's sections fail their
+  // checksums (nothing of it is written). A CUDA failure is returned for the whole batch
+  // (statuses then unspecified). Synchronizes: every copy and decode is complete when this
+  // returns, errors included, so the caller may unpin the chunks then.
+  // REQUIRES: status.size() == chunks.size(); every header has the same layout.
+  absl::Status DecodeManyToDevice(std::span<const HostRestore> chunks,
+                                  const kernels::Slice& resolved, kernels::DType out_dtype,
+                                  std::span<absl::Status> status);
+  // Chunks per decode launch of DecodeManyToDevice. Smaller groups start decoding sooner
+  // behind the DMA (the last group's decode is what the restore waits for after its last
+  // copy); larger ones launch less often.
+  static constexpr size_t kChunksPerLaunch = 4;
+  // The store splits a larger restore into calls of at most this many section bytes (the
+  // worker's device scratch holds one call's sections).
+  static constexpr uint64_t kMaxRestoreBytes = 256ull << 20;
+
   // Copies every page of `device_span` to the page of the same index of `host_span`
   // (demotion), or the other way (promotion). Synchronizes.
   // REQUIRES: the spans have the same number of pages of the same size.
@@ -205,6 +256,8 @@ class GpuWorker {
   HostCopier* const copier_;  // the tier's; outlives the worker
   cudaStream_t stream_ = nullptr;
   cudaEvent_t events_[2] = {nullptr, nullptr};
+  cudaStream_t decode_stream_ = nullptr;   // DecodeManyToDevice's decodes; created on first use
+  std::vector<cudaEvent_t> group_events_;  // DecodeManyToDevice: behind each group's copies
   CudaBuffer staging_[2] = {CudaBuffer(CudaBuffer::Kind::kPinnedHost),
                             CudaBuffer(CudaBuffer::Kind::kPinnedHost)};
   CudaBuffer d_in_{CudaBuffer::Kind::kDevice};       // Put: the 16-bit payload

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -256,6 +257,21 @@ class Store {
                                               const DeviceTensor& out) {
     (void)ns, (void)key, (void)slice, (void)out_dtype, (void)out;
     return absl::FailedPreconditionError("cuda_ipc: this daemon has no GPU tier");
+  }
+  // Batched GetDevice for the keys of one request, all with the same `slice`: out_dtypes[i]
+  // and outs[i] as GetDevice's. Reads those keys it can batch (host-tier chunks of one
+  // geometry into contiguous outputs on one device: a multi-chunk restore) and sets
+  // results[i] for them, exactly as GetDevice would (NotFound, DataLoss naming no key, ...);
+  // leaves results[i] empty for every other key, which the caller reads with GetDevice.
+  // Returns after every kernel it launched finished writing. The default batches nothing.
+  // REQUIRES: keys, out_dtypes, outs and results have the same size; the outputs are
+  // disjoint.
+  virtual void GetDeviceMany(std::string_view ns, std::span<const ChunkKey> keys,
+                             const kernels::Slice& slice,
+                             std::span<const kernels::DType> out_dtypes,
+                             std::span<const DeviceTensor> outs,
+                             std::span<std::optional<absl::StatusOr<ChunkInfo>>> results) {
+    (void)ns, (void)keys, (void)slice, (void)out_dtypes, (void)outs, (void)results;
   }
   // Registers host memory (a shared-memory region) with the CUDA driver so copies between
   // it and the devices are DMA without staging; the returned handle unregisters it when

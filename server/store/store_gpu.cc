@@ -257,6 +257,125 @@ absl::StatusOr<ChunkInfo> StoreImpl::GetDevice(std::string_view ns, const ChunkK
   return pin->info;
 }
 
+void StoreImpl::GetDeviceMany(std::string_view ns, std::span<const ChunkKey> keys,
+                              const kernels::Slice& slice,
+                              std::span<const kernels::DType> out_dtypes,
+                              std::span<const DeviceTensor> outs,
+                              std::span<std::optional<absl::StatusOr<ChunkInfo>>> results) {
+  // Batches the host-tier restore of compressed chunks only: a device-tier chunk decodes
+  // in place in tens of microseconds, and paged outputs take one chunk per launch. One key
+  // gains nothing.
+  if (gpus_.empty() || host_pool_registration_ == nullptr || keys.size() < 2) return;
+  // Candidates: pinned host-tier chunks whose slice sections lie in one run of registered
+  // pages, with a contiguous output that fits. The first fixes the geometry, dtype and
+  // device of the batch; keys that differ are left to GetDevice.
+  struct Candidate {
+    size_t index;
+    Entry* entry;
+  };
+  std::vector<Candidate> batch;
+  std::vector<Entry*> pinned_entries;  // unpinned when the batch is complete
+  kernels::Slice resolved{};
+  kernels::DType dtype = kernels::DType::kF16;
+  int tier = -1;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    const DeviceTensor& out = outs[i];
+    if (out.paged() || out.tier < 0 || out.tier >= static_cast<int>(gpus_.size())) continue;
+    if (tier >= 0 && (out.tier != tier || out_dtypes[i] != dtype)) continue;
+    absl::StatusOr<Entry*> pinned = PinForRead(ns, keys[i]);
+    if (!pinned.ok()) {
+      results[i] = pinned.status();  // as GetDevice: NotFound, or a bad namespace
+      continue;
+    }
+    Entry* e = *pinned;
+    absl::StatusOr<kernels::Slice> r = ResolveRead(*e, slice, out_dtypes[i]);
+    // Raw (fp16-preset) chunks are left out: they have nothing to decode, and their
+    // 32 MiB-per-chunk copies ran faster on concurrent per-key streams than as one
+    // batch's single copy stream (docs/store.md, "Device I/O").
+    bool take = r.ok() && e->tier < 0 && !e->header.layout.config.raw;
+    if (take && !batch.empty()) {
+      const kernels::ChunkLayout& first = batch[0].entry->header.layout;
+      take = e->header.layout.shape == first.shape && e->header.layout.config == first.config;
+    }
+    if (take) {
+      const kernels::PairRange range = kernels::PairsForSlice(*r);
+      for (uint32_t p = range.first; take && p <= range.last; ++p) {
+        take = e->direct[p] != nullptr &&
+               e->direct[p] == e->direct[range.first] +
+                                   (e->section_offset[p] - e->section_offset[range.first]);
+      }
+      take = take && kernels::DecodedBytes(e->header.layout.shape, *r) <= out.capacity;
+    }
+    if (!take) {
+      // GetDevice reads it (and reports its errors) as it always did, and counts it then.
+      gets_.fetch_sub(1, std::memory_order_relaxed);
+      hits_.fetch_sub(1, std::memory_order_relaxed);
+      Unpin(e);
+      continue;
+    }
+    if (batch.empty()) {
+      resolved = *r;
+      dtype = out_dtypes[i];
+      tier = out.tier;
+    }
+    batch.push_back({i, e});
+    pinned_entries.push_back(e);
+  }
+  if (batch.size() < 2) {  // left to GetDevice, uncounted as above
+    gets_.fetch_sub(batch.size(), std::memory_order_relaxed);
+    hits_.fetch_sub(batch.size(), std::memory_order_relaxed);
+    for (Entry* e : pinned_entries) Unpin(e);
+    return;
+  }
+  const kernels::PairRange range = kernels::PairsForSlice(resolved);
+  std::vector<GpuWorker::HostRestore> chunks(batch.size());
+  for (size_t j = 0; j < batch.size(); ++j) {
+    const Entry& e = *batch[j].entry;
+    chunks[j].header = &e.header;
+    chunks[j].section_offset = e.section_offset;
+    chunks[j].run = e.direct[range.first];
+    chunks[j].out = outs[batch[j].index].data;
+  }
+  std::vector<absl::Status> status(batch.size());
+  std::vector<absl::Status> failed(batch.size());  // a CUDA failure of the call holding j
+  {
+    GpuTier::Lease w = gpus_[tier]->Acquire();
+    // Calls of at most kMaxRestoreBytes of sections (bounds the worker's scratch).
+    for (size_t b = 0; b < batch.size();) {
+      size_t e = b;
+      uint64_t bytes = 0;
+      while (e < batch.size()) {
+        const Entry& x = *batch[e].entry;
+        const uint64_t run = x.section_offset[range.last] +
+                             x.header.layout.pairs[range.last].bytes -
+                             x.section_offset[range.first];
+        if (e > b && bytes + run > GpuWorker::kMaxRestoreBytes) break;
+        bytes += run;
+        ++e;
+      }
+      const absl::Status st = w->DecodeManyToDevice(
+          std::span(chunks).subspan(b, e - b), resolved, dtype,
+          std::span(status).subspan(b, e - b));
+      if (!st.ok()) {
+        NoteGpuError(tier, st);
+        for (size_t j = b; j < e; ++j) failed[j] = st;
+      }
+      b = e;
+    }
+  }
+  for (size_t j = 0; j < batch.size(); ++j) {
+    const absl::Status& s = failed[j].ok() ? status[j] : failed[j];
+    if (s.ok()) {
+      if (options_.gpu_promote_on_read) MaybePromote(batch[j].entry);
+      results[batch[j].index] = batch[j].entry->info;
+    } else {
+      results[batch[j].index] = s;
+    }
+  }
+  // The worker synchronized: no copy reads these pages any more.
+  for (Entry* e : pinned_entries) Unpin(e);
+}
+
 void StoreImpl::NoteGpuError(int t, const absl::Status& st) {
   // Allocation failures (ResourceExhausted) and bad input (InvalidArgument) leave the
   // device usable; anything else is a CUDA failure that may be sticky.

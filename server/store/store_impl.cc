@@ -610,6 +610,21 @@ absl::StatusOr<ChunkInfo> StoreImpl::Describe(std::string_view ns, const ChunkKe
   return (*it)->info;
 }
 
+absl::Status StoreImpl::CorruptSectionForTest(std::string_view ns, const ChunkKey& key,
+                                              uint32_t pair) {
+  absl::StatusOr<Entry*> pinned = PinForRead(ns, key);
+  if (!pinned.ok()) return pinned.status();
+  Pin pin(this, *pinned);
+  if (pin->tier >= 0) return absl::FailedPreconditionError("the chunk is on a device");
+  if (pair >= pin->header.layout.num_pairs()) {
+    return absl::InvalidArgumentError(absl::StrCat("pair ", pair, " is out of range"));
+  }
+  const uint64_t pb = pin->pages.bytes() / pin->pages.num_pages();
+  const uint64_t at = pin->section_offset[pair] + pin->header.layout.pairs[pair].bytes / 2;
+  pin->pages.page(at / pb)[at % pb] ^= 0x5A;
+  return absl::OkStatus();
+}
+
 absl::Status StoreImpl::Delete(std::string_view ns, const ChunkKey& key) {
   if (auto st = ValidateNamespace(ns); !st.ok()) return st;
   const KeyRef k{ns, key, HashKey(ns, key)};

@@ -158,6 +158,11 @@ class StoreImpl final : public Store {
   absl::Status Delete(std::string_view ns, const ChunkKey& key) override;
   StoreStats Stats() const override;
 
+  // For tests of checksum verification: flips one byte of pair section `pair` of a
+  // host-tier chunk in place. NotFound; FailedPrecondition when the chunk is on a device;
+  // InvalidArgument for a pair out of range.
+  absl::Status CorruptSectionForTest(std::string_view ns, const ChunkKey& key, uint32_t pair);
+
 #if KVSTASH_HAVE_CUDA
   // Device data paths (store_gpu.cc).
   absl::StatusOr<std::shared_ptr<const IpcMapping>> OpenIpcBuffer(
@@ -169,6 +174,10 @@ class StoreImpl final : public Store {
   absl::StatusOr<ChunkInfo> GetDevice(std::string_view ns, const ChunkKey& key,
                                       const kernels::Slice& slice, kernels::DType out_dtype,
                                       const DeviceTensor& out) override;
+  void GetDeviceMany(std::string_view ns, std::span<const ChunkKey> keys,
+                     const kernels::Slice& slice, std::span<const kernels::DType> out_dtypes,
+                     std::span<const DeviceTensor> outs,
+                     std::span<std::optional<absl::StatusOr<ChunkInfo>>> results) override;
   absl::StatusOr<std::shared_ptr<void>> RegisterHostMemory(void* data,
                                                            uint64_t bytes) override;
 #endif

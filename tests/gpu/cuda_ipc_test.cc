@@ -157,6 +157,48 @@ TEST_F(CudaIpcTest, HostTierRestoreDecodesOnTheGpuAndMatchesTheCodec) {
   EXPECT_GE(stats->chunks, 1u);
 }
 
+// A prefix restore: one Get of many host-tier chunks into a region, as the daemon batches
+// it (one worker, all copies in flight, a decode launch per group of chunks). Every result
+// equals the codec; a missing key in the middle is found == false and takes no room.
+TEST_F(CudaIpcTest, MultiKeyHostTierRestoreIntoARegionMatchesTheCodecPerChunk) {
+  StartDaemon("64KiB");
+  constexpr int kChunks = 10;
+  const uint64_t payload = kShape.payload_bytes();  // a multiple of 64
+  DeviceBuffer buf((kChunks + 1) * payload);
+  const Region region = Register(buf);
+  std::vector<std::vector<uint8_t>> oracle;
+  std::vector<ChunkKey> keys;
+  for (int i = 0; i < kChunks; ++i) {
+    const std::vector<uint16_t> in = cli::GeneratePayload(kShape, FreshSeed());
+    buf.Upload(0, in.data(), payload);
+    PutChunk c{ChunkKey{rng_(), rng_()}, kShape, Codec::FromPreset(Preset::kXQuant), {},
+               &region, 0};
+    ASSERT_TRUE(client_->Put("ns", c).ok());
+    keys.push_back(c.key);
+    oracle.push_back(testing::XQuantOracle(kShape, in));
+    if (i == 4) keys.push_back(ChunkKey{rng_(), rng_()});  // never stored
+  }
+  GetOptions g;
+  g.output_region = &region;
+  g.output_offset = payload;
+  g.allow_missing = true;
+  auto got = client_->Get("ns", keys, g);
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_EQ(got->size(), keys.size());
+  int o = 0;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    if (i == 5) {
+      EXPECT_FALSE((*got)[i].found);
+      continue;
+    }
+    ASSERT_TRUE((*got)[i].found) << i;
+    EXPECT_EQ((*got)[i].region_offset, payload * (1 + o));
+    EXPECT_TRUE(buf.Download((*got)[i].region_offset, payload) == oracle[o]) << "key " << i;
+    ++o;
+  }
+  EXPECT_TRUE(client_->UnregisterRegion(region).ok());
+}
+
 TEST_F(CudaIpcTest, PagedPutAndGetGatherAndScatterInTheKernels) {
   StartDaemon();
   PagedGeometry geo;

@@ -25,6 +25,7 @@
 #include "kvstash/kernels/format.h"
 #include "kvstash/kernels/half.h"
 #include "server/store/store.h"
+#include "server/store/store_impl.h"
 #include "tests/common/store_test_util.h"
 
 namespace kvstash::store {
@@ -284,6 +285,134 @@ TEST_F(StoreGpuTest, FallsBackToHostTierWhenGpuPoolCannotTakeTheChunk) {
   absl::StatusOr<std::vector<uint8_t>> got = GetBytes(*store, {5, 5}, {}, DType::kBF16);
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_EQ(*got, Expected(c, {}, DType::kBF16));
+}
+
+// GetDeviceMany (a multi-key restore from the host tier into device memory, as a Get into
+// a CUDA IPC region runs it): every chunk's bytes equal the CPU codec's, whatever the
+// slice, output dtype and output adjacency; a chunk whose section fails its checksum is
+// DataLoss with its window untouched while the others still decode; a missing key is
+// NotFound; keys it cannot batch are left to GetDevice.
+TEST_F(StoreGpuTest, BatchedHostTierRestoreMatchesCpuCodecAndFlagsACorruptChunk) {
+  REQUIRE_DEVICE();
+  // A one-page device pool: every chunk falls back to the host tier.
+  std::unique_ptr<Store> store = MakeStore(Options(kPage));
+  ASSERT_NE(store, nullptr);
+  auto* impl = dynamic_cast<internal::StoreImpl*>(store.get());
+  ASSERT_NE(impl, nullptr);
+  constexpr int kChunks = 11;  // three launch groups, the last one partial
+  struct Case {
+    DType dtype;
+    Preset preset;
+    Slice slice;
+    DType out;
+  };
+  const Case cases[] = {
+      {DType::kF16, Preset::kXQuant, {}, DType::kF16},
+      {DType::kBF16, Preset::kKivi2, {1, 4, 0, 0}, DType::kF16},
+      {DType::kF16, Preset::kKivi2, {0, 0, 1, 3}, DType::kBF16},
+      {DType::kF16, Preset::kAsymKv15, {3, 5, 0, 2}, DType::kF16},
+  };
+  uint64_t next_key = 100;
+  for (const Case& cs : cases) {
+    SCOPED_TRACE(::testing::Message() << "preset " << int(cs.preset) << " layers ["
+                                      << cs.slice.layer_begin << ", " << cs.slice.layer_end
+                                      << ")");
+    const ChunkShape shape = Shape(5, cs.dtype, 70, 3, 64);
+    std::vector<Chunk> chunks;
+    std::vector<ChunkKey> keys;
+    for (int i = 0; i < kChunks; ++i) {
+      chunks.push_back(RandomChunk(rng_, shape, cs.preset));
+      keys.push_back({next_key++, 9});
+      absl::StatusOr<ChunkInfo> put =
+          store->Put(kNs, keys.back(), shape, chunks.back().config, chunks.back().bytes());
+      ASSERT_TRUE(put.ok()) << put.status();
+    }
+    keys.push_back({next_key++, 9});  // never stored
+    const int corrupt = 6;
+    const absl::StatusOr<kernels::Slice> resolved = kernels::ResolveSlice(shape, cs.slice);
+    ASSERT_TRUE(resolved.ok());
+    ASSERT_TRUE(impl->CorruptSectionForTest(kNs, keys[corrupt],
+                                            kernels::PairsForSlice(*resolved).last)
+                    .ok());
+    const uint64_t bytes = kernels::DecodedBytes(shape, *resolved);
+    // Windows back to back, except a 256-byte gap after chunk 2 (a launch breaks there).
+    std::vector<uint64_t> at;
+    uint64_t end = 0;
+    for (size_t i = 0; i < keys.size(); ++i) {
+      at.push_back(end);
+      end += bytes + (i == 2 ? 256 : 0);
+    }
+    void* dev = nullptr;
+    ASSERT_EQ(cudaMalloc(&dev, end), cudaSuccess);
+    ASSERT_EQ(cudaMemset(dev, 0xAB, end), cudaSuccess);
+    std::vector<DType> outs(keys.size(), cs.out);
+    std::vector<DeviceTensor> windows(keys.size());
+    for (size_t i = 0; i < keys.size(); ++i) {
+      windows[i].tier = 0;
+      windows[i].data = static_cast<uint8_t*>(dev) + at[i];
+      windows[i].capacity = bytes;
+    }
+    std::vector<std::optional<absl::StatusOr<ChunkInfo>>> results(keys.size());
+    store->GetDeviceMany(kNs, keys, cs.slice, outs, windows, results);
+    std::vector<uint8_t> host(end);
+    ASSERT_EQ(cudaMemcpy(host.data(), dev, end, cudaMemcpyDeviceToHost), cudaSuccess);
+    cudaFree(dev);
+    for (int i = 0; i < kChunks; ++i) {
+      ASSERT_TRUE(results[i].has_value()) << i;
+      const std::vector<uint8_t> got(host.begin() + at[i], host.begin() + at[i] + bytes);
+      if (i == corrupt) {
+        EXPECT_EQ(results[i]->status().code(), absl::StatusCode::kDataLoss) << results[i]->status();
+        EXPECT_EQ(got, std::vector<uint8_t>(bytes, 0xAB)) << "the corrupt chunk wrote bytes";
+        continue;
+      }
+      ASSERT_TRUE(results[i]->ok()) << i << ": " << results[i]->status();
+      EXPECT_EQ((*results[i])->shape, shape);
+      EXPECT_TRUE(got == Expected(chunks[i], cs.slice, cs.out)) << "chunk " << i;
+    }
+    ASSERT_TRUE(results[kChunks].has_value());
+    EXPECT_EQ(results[kChunks]->status().code(), absl::StatusCode::kNotFound);
+    // The single-key path reports the same corruption.
+    DeviceTensor one = windows[0];
+    void* dev1 = nullptr;
+    ASSERT_EQ(cudaMalloc(&dev1, bytes), cudaSuccess);
+    one.data = static_cast<uint8_t*>(dev1);
+    EXPECT_EQ(store->GetDevice(kNs, keys[corrupt], cs.slice, cs.out, one).status().code(),
+              absl::StatusCode::kDataLoss);
+    cudaFree(dev1);
+  }
+  const StoreStats st = store->Stats();
+  EXPECT_EQ(st.gpu_chunks, 0u);
+  EXPECT_TRUE(st.gpus[0].healthy);
+  // Paged outputs are not batched: left for GetDevice.
+  std::vector<std::optional<absl::StatusOr<ChunkInfo>>> results(2);
+  std::vector<DeviceTensor> paged(2);
+  paged[0].tier = paged[1].tier = 0;
+  const std::vector<ChunkKey> two = {{100, 9}, {101, 9}};
+  const std::vector<DType> f16(2, DType::kF16);
+  store->GetDeviceMany(kNs, two, {}, f16, paged, results);
+  EXPECT_FALSE(results[0].has_value());
+  EXPECT_FALSE(results[1].has_value());
+  // Nor raw (fp16-preset) chunks.
+  const ChunkShape shape = Shape(5, DType::kF16, 70, 3, 64);
+  const std::vector<ChunkKey> raw = {{1, 10}, {2, 10}};
+  for (const ChunkKey& k : raw) {
+    const Chunk c = RandomChunk(rng_, shape, Preset::kFp16);
+    ASSERT_TRUE(store->Put(kNs, k, shape, c.config, c.bytes()).ok());
+  }
+  void* dev = nullptr;
+  const uint64_t bytes = shape.payload_bytes();
+  ASSERT_EQ(cudaMalloc(&dev, 2 * bytes), cudaSuccess);
+  std::vector<DeviceTensor> contiguous(2);
+  for (int i = 0; i < 2; ++i) {
+    contiguous[i].tier = 0;
+    contiguous[i].data = static_cast<uint8_t*>(dev) + i * bytes;
+    contiguous[i].capacity = bytes;
+  }
+  results.assign(2, std::nullopt);
+  store->GetDeviceMany(kNs, raw, {}, f16, contiguous, results);
+  cudaFree(dev);
+  EXPECT_FALSE(results[0].has_value());
+  EXPECT_FALSE(results[1].has_value());
 }
 
 TEST_F(StoreGpuTest, RejectsNonFiniteInputOnTheGpuAndStaysHealthy) {

@@ -44,14 +44,20 @@ from kvstash.transformers import PrefixCache  # noqa: E402
 CHUNK = 256
 
 
-def llama3_8b() -> transformers.PreTrainedModel:
-    cfg = transformers.LlamaConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
-                                   num_hidden_layers=32, num_attention_heads=32,
-                                   num_key_value_heads=8, head_dim=128,
-                                   max_position_embeddings=32768, rope_theta=500000.0)
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def llama3_8b(tiny: bool = False) -> transformers.PreTrainedModel:
+    """The Llama-3-8B architecture; `tiny`: the same shape of model, small (a smoke test of
+    this script where there is no GPU)."""
+    size = (dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=8)
+            if tiny else dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                              num_attention_heads=32))
+    cfg = transformers.LlamaConfig(vocab_size=128256, num_key_value_heads=8, head_dim=128,
+                                   max_position_embeddings=32768, rope_theta=500000.0, **size)
     cfg._attn_implementation = "sdpa"
     torch.manual_seed(0)
-    with torch.device("cuda"):
+    with torch.device(DEV):
         torch.set_default_dtype(torch.bfloat16)
         model = transformers.LlamaForCausalLM(cfg)
         torch.set_default_dtype(torch.float32)
@@ -75,11 +81,12 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=32)
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--out", default=".")
+    ap.add_argument("--tiny", action="store_true", help="a small model (smoke test)")
     args = ap.parse_args()
     out = Path(args.out)
-    model = llama3_8b()
-    L, H, D = 32, 8, 128
-    report = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
+    model = llama3_8b(args.tiny)
+    L, H, D = model.config.num_hidden_layers, 8, 128
+    report = {"device": torch.cuda.get_device_name(0) if DEV == "cuda" else "cpu", "torch": torch.__version__,
               "transformers": transformers.__version__,
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "model": "Llama-3-8B architecture, random init, bf16, sdpa",
@@ -90,7 +97,7 @@ def main() -> None:
               for tier, c in clients.items() for codec in ("xquant", "fp16")}
     for P in (int(x) for x in args.prefixes.split(",")):
         g = torch.Generator().manual_seed(P)
-        ids = torch.randint(0, 128256, (1, P + args.new), generator=g).cuda()
+        ids = torch.randint(0, 128256, (1, P + args.new), generator=g).to(DEV)
         row = {"prefix": P}
         ref_logits = model(input_ids=ids, use_cache=False).logits[0, -1].float()
         tok_full = int(ref_logits.argmax().item())
@@ -140,7 +147,8 @@ def main() -> None:
         samples = {k: [] for k in variants}
         for r in range(args.reps + 2):
             for k, fn in variants.items():
-                torch.cuda.synchronize()
+                if DEV == "cuda":
+                    torch.cuda.synchronize()
                 m = fn()
                 if r >= 2:
                     samples[k].append(m)
@@ -156,18 +164,23 @@ def main() -> None:
             row[f"{key}_stored_bytes_per_chunk"] = stored[0].info.stored_bytes
         # pinned host-to-device copy of the prefix's 16-bit bytes
         nbytes = L * 2 * H * P * D * 2
-        src = torch.empty(nbytes // 2, dtype=torch.bfloat16).pin_memory()
-        dst = torch.empty(nbytes // 2, dtype=torch.bfloat16, device="cuda")
-        ev = []
-        for _ in range(args.reps + 2):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record(); dst.copy_(src, non_blocking=True); b.record()
-            ev.append((a, b))
-        torch.cuda.synchronize()
-        row["pinned_h2d_ms"] = med([a.elapsed_time(b) for a, b in ev[2:]])
+        if DEV == "cuda":
+            src = torch.empty(nbytes // 2, dtype=torch.bfloat16).pin_memory()
+            dst = torch.empty(nbytes // 2, dtype=torch.bfloat16, device="cuda")
+            ev = []
+            for _ in range(args.reps + 2):
+                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                a.record()
+                dst.copy_(src, non_blocking=True)
+                b.record()
+                ev.append((a, b))
+            torch.cuda.synchronize()
+            row["pinned_h2d_ms"] = med([a.elapsed_time(b) for a, b in ev[2:]])
+            del src, dst
         row["prefix_bytes_16bit"] = nbytes
-        del src, dst, base
-        torch.cuda.empty_cache()
+        del base
+        if DEV == "cuda":
+            torch.cuda.empty_cache()
         report["rows"].append(row)
         print(json.dumps(row), flush=True)
     per_tok_16 = L * 2 * H * D * 2

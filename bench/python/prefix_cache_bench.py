@@ -91,10 +91,13 @@ def main() -> None:
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "model": "Llama-3-8B architecture, random init, bf16, sdpa",
               "new_tokens": args.new, "chunk_tokens": CHUNK, "reps": args.reps, "rows": []}
-    clients = {"gpu": kvstash.Client(args.gpu_addr, namespace="ttft-gpu", timeout=300),
-               "host": kvstash.Client(args.host_addr, namespace="ttft-host", timeout=300)}
+    # One namespace per (tier, codec): the same prompt stored with two codecs must not
+    # overwrite itself.
+    addrs = {"gpu": args.gpu_addr, "host": args.host_addr}
+    clients = {(tier, codec): kvstash.Client(addr, namespace=f"ttft-{tier}-{codec}", timeout=300)
+               for tier, addr in addrs.items() for codec in ("xquant", "fp16")}
     caches = {(tier, codec): PrefixCache(c, model, chunk_tokens=CHUNK, codec=codec)
-              for tier, c in clients.items() for codec in ("xquant", "fp16")}
+              for (tier, codec), c in clients.items()}
     for P in (int(x) for x in args.prefixes.split(",")):
         g = torch.Generator().manual_seed(P)
         ids = torch.randint(0, 128256, (1, P + args.new), generator=g).to(DEV)

@@ -443,7 +443,7 @@ class Client:
         request order, go to the sequence's blocks from ``cache.first_slot``.
         ``GetResult.first_token`` says where each result starts. The planes hold the
         requested layers (``cache.num_layers == l1 - l0``) and heads."""
-        req = self._get_request(keys, layers, heads, _arrays_dtype(cache), allow_missing)
+        req = self._get_request(keys, layers, heads, cache.dtype, allow_missing)
         req.output_paged.CopyFrom(self._paged_proto(cache, cache.block_ids, cache.first_slot,
                                                     "output_paged"))
         resp = self._call("Get", req, pb.GetResponse)
@@ -641,6 +641,3 @@ class Client:
             p.planes.append(r.ref(pl.ptr, pl.extent))
         return p
 
-
-def _arrays_dtype(cache: layouts.PagedCache) -> str:
-    return cache.dtype

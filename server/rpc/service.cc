@@ -550,10 +550,11 @@ absl::Status HandleGet(store::Store& store, const ServiceOptions& options,
       if (info->ok()) ScatterHost(*window, paged_layers, tokens, scatter.data());
     }
   }
-  // First the store batches what it can (a restore of host-tier chunks: one worker, the
-  // copies of all chunks in flight at once, a decode launch per group of chunks); the
-  // rest run concurrently below. Each device read writes its own disjoint window and its
-  // own infos[] slot.
+  // First the store batches what it can (a restore of host-tier chunks into a CUDA IPC
+  // region or a paged cache on the GPU: one worker, the copies of all chunks in flight at
+  // once on two copy streams, decodes behind them); the rest run concurrently below. Each
+  // device read writes its own disjoint window (a key absent in pass 1 has none and is
+  // not asked for; one deleted since keeps its slots, unwritten) and its own infos[] slot.
   if (device_reads.size() > 1) {
     std::vector<store::ChunkKey> keys;
     std::vector<DType> dtypes;

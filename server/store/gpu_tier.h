@@ -203,16 +203,21 @@ class GpuWorker {
     // up to .last follow it in the same run of adjacent pages, at their section offsets.
     const uint8_t* run = nullptr;
     uint8_t* out = nullptr;  // contiguous [l1-l0][2][T][h1-h0][D] output on this device
+    // Instead of `out`: a paged window on this device (DeviceTensor, paged), whose counts
+    // the caller checked as GetDevice does. Not owned; must outlive the call.
+    const DeviceTensor* paged = nullptr;
   };
   // Restores host-tier chunks of one layout into device memory, each with the slice
-  // `resolved` in `out_dtype`. The chunks' section runs go H2D in key order on this
-  // worker's stream, one DMA each, while the copy threads verify their checksums in chunk
-  // order; each group of kChunksPerLaunch chunks, once verified, has its chunks whose
-  // outputs are adjacent decoded in one launch (num_chunks) on a second stream, behind the
-  // copies they read. Sets status[i] to OK, or to DataLoss when chunk i's sections fail their
-  // checksums (nothing of it is written). A CUDA failure is returned for the whole batch
-  // (statuses then unspecified). Synchronizes: every copy and decode is complete when this
-  // returns, errors included, so the caller may unpin the chunks then.
+  // `resolved` in `out_dtype`. The chunks' section runs go H2D in key order, one DMA each,
+  // alternating between this worker's two copy streams, while the copy threads verify
+  // their checksums in chunk order; each group of kChunksPerLaunch chunks, once verified,
+  // is decoded on a third stream behind the copies it reads (an event of each copy
+  // stream): chunks with adjacent contiguous outputs in one launch (num_chunks), each
+  // chunk with a paged output in a launch of its own (a PagedView takes one chunk).
+  // Sets status[i] to OK, or to DataLoss when chunk i's sections fail their checksums
+  // (nothing of it is written). A CUDA failure is returned for the whole batch (statuses
+  // then unspecified). Synchronizes: every copy and decode is complete when this returns,
+  // errors included, so the caller may unpin the chunks then.
   // REQUIRES: status.size() == chunks.size(); every header has the same layout.
   absl::Status DecodeManyToDevice(std::span<const HostRestore> chunks,
                                   const kernels::Slice& resolved, kernels::DType out_dtype,
@@ -256,8 +261,12 @@ class GpuWorker {
   HostCopier* const copier_;  // the tier's; outlives the worker
   cudaStream_t stream_ = nullptr;
   cudaEvent_t events_[2] = {nullptr, nullptr};
-  cudaStream_t decode_stream_ = nullptr;   // DecodeManyToDevice's decodes; created on first use
-  std::vector<cudaEvent_t> group_events_;  // DecodeManyToDevice: behind each group's copies
+  // DecodeManyToDevice, created on its first call: the second copy stream (the first is
+  // stream_) and the decode stream.
+  cudaStream_t copy_stream_ = nullptr;
+  cudaStream_t decode_stream_ = nullptr;
+  // DecodeManyToDevice: 2g + k is behind group g's copies on copy stream k.
+  std::vector<cudaEvent_t> group_events_;
   CudaBuffer staging_[2] = {CudaBuffer(CudaBuffer::Kind::kPinnedHost),
                             CudaBuffer(CudaBuffer::Kind::kPinnedHost)};
   CudaBuffer d_in_{CudaBuffer::Kind::kDevice};       // Put: the 16-bit payload

@@ -260,7 +260,7 @@ class Store {
   }
   // Batched GetDevice for the keys of one request, all with the same `slice`: out_dtypes[i]
   // and outs[i] as GetDevice's. Reads those keys it can batch (host-tier chunks of one
-  // geometry into contiguous outputs on one device: a multi-chunk restore) and sets
+  // geometry into outputs on one device, contiguous or paged: a multi-chunk restore) and sets
   // results[i] for them, exactly as GetDevice would (NotFound, DataLoss naming no key, ...);
   // leaves results[i] empty for every other key, which the caller reads with GetDevice.
   // Returns after every kernel it launched finished writing. The default batches nothing.

@@ -93,6 +93,37 @@ uint64_t AllocationBytes(void* p, uint8_t** base) {
   return n;
 }
 
+// Whether `out` can take `resolved` of a chunk of `shape` (GetDevice's checks of what the
+// rpc layer cannot know): a contiguous output's capacity, a paged window's head geometry
+// and plane and block-id counts.
+absl::Status CheckDeviceOutput(const kernels::ChunkShape& shape, const kernels::Slice& resolved,
+                               const DeviceTensor& out) {
+  if (!out.paged()) {
+    const uint64_t bytes = kernels::DecodedBytes(shape, resolved);
+    if (bytes > out.capacity) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "store: the slice is ", bytes, " bytes, the output holds ", out.capacity));
+    }
+    return absl::OkStatus();
+  }
+  const uint64_t slots = uint64_t{out.first_slot} + shape.num_tokens;
+  const uint32_t ls = resolved.layer_end - resolved.layer_begin;
+  const uint32_t hs = resolved.head_end - resolved.head_begin;
+  if (out.heads != hs || out.head_dim != shape.head_dim) {
+    return absl::InvalidArgumentError(absl::StrCat("paged output: ", out.heads, " heads of ",
+                                                   out.head_dim, ", the slice has ", hs, " of ",
+                                                   shape.head_dim));
+  }
+  if (out.planes.size() != 2ull * ls || out.block_size == 0 ||
+      out.block_ids.size() != (slots + out.block_size - 1) / out.block_size) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "paged output: ", out.planes.size(), " planes and ", out.block_ids.size(),
+        " block ids do not fit ", ls, " layers of ", shape.num_tokens, " tokens in blocks of ",
+        out.block_size));
+  }
+  return absl::OkStatus();
+}
+
 std::string Hex(std::string_view bytes) {
   return absl::BytesToHexString(absl::string_view(bytes.data(), bytes.size()));
 }
@@ -218,29 +249,8 @@ absl::StatusOr<ChunkInfo> StoreImpl::GetDevice(std::string_view ns, const ChunkK
   Pin pin(this, *pinned);
   absl::StatusOr<kernels::Slice> resolved = ResolveRead(*pin.get(), slice, out_dtype);
   if (!resolved.ok()) return resolved.status();
-  const kernels::ChunkShape& shape = pin->header.layout.shape;
-  if (!out.paged()) {
-    const uint64_t bytes = kernels::DecodedBytes(shape, *resolved);
-    if (bytes > out.capacity) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "store: the slice is ", bytes, " bytes, the output holds ", out.capacity));
-    }
-  } else {
-    const uint64_t slots = uint64_t{out.first_slot} + shape.num_tokens;
-    const uint32_t ls = resolved->layer_end - resolved->layer_begin;
-    const uint32_t hs = resolved->head_end - resolved->head_begin;
-    if (out.heads != hs || out.head_dim != shape.head_dim) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "paged output: ", out.heads, " heads of ", out.head_dim, ", the slice has ", hs,
-          " of ", shape.head_dim));
-    }
-    if (out.planes.size() != 2ull * ls || out.block_size == 0 ||
-        out.block_ids.size() != (slots + out.block_size - 1) / out.block_size) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "paged output: ", out.planes.size(), " planes and ", out.block_ids.size(),
-          " block ids do not fit ", ls, " layers of ",
-          pin->header.layout.shape.num_tokens, " tokens in blocks of ", out.block_size));
-    }
+  if (auto st = CheckDeviceOutput(pin->header.layout.shape, *resolved, out); !st.ok()) {
+    return st;
   }
   GpuWorker::Sections src;
   src.pages = &pin->pages;
@@ -263,12 +273,13 @@ void StoreImpl::GetDeviceMany(std::string_view ns, std::span<const ChunkKey> key
                               std::span<const DeviceTensor> outs,
                               std::span<std::optional<absl::StatusOr<ChunkInfo>>> results) {
   // Batches the host-tier restore of compressed chunks only: a device-tier chunk decodes
-  // in place in tens of microseconds, and paged outputs take one chunk per launch. One key
-  // gains nothing.
+  // in place in tens of microseconds. One key gains nothing.
   if (gpus_.empty() || host_pool_registration_ == nullptr || keys.size() < 2) return;
   // Candidates: pinned host-tier chunks whose slice sections lie in one run of registered
-  // pages, with a contiguous output that fits. The first fixes the geometry, dtype and
-  // device of the batch; keys that differ are left to GetDevice.
+  // pages, with an output that takes the slice (a contiguous one that fits, or a paged
+  // window of the slice's geometry: those decode one chunk per launch). The first fixes
+  // the geometry, dtype and device of the batch; keys that differ, or whose output
+  // GetDevice would refuse, are left to GetDevice.
   struct Candidate {
     size_t index;
     Entry* entry;
@@ -280,7 +291,7 @@ void StoreImpl::GetDeviceMany(std::string_view ns, std::span<const ChunkKey> key
   int tier = -1;
   for (size_t i = 0; i < keys.size(); ++i) {
     const DeviceTensor& out = outs[i];
-    if (out.paged() || out.tier < 0 || out.tier >= static_cast<int>(gpus_.size())) continue;
+    if (out.tier < 0 || out.tier >= static_cast<int>(gpus_.size())) continue;
     if (tier >= 0 && (out.tier != tier || out_dtypes[i] != dtype)) continue;
     absl::StatusOr<Entry*> pinned = PinForRead(ns, keys[i]);
     if (!pinned.ok()) {
@@ -304,7 +315,7 @@ void StoreImpl::GetDeviceMany(std::string_view ns, std::span<const ChunkKey> key
                e->direct[p] == e->direct[range.first] +
                                    (e->section_offset[p] - e->section_offset[range.first]);
       }
-      take = take && kernels::DecodedBytes(e->header.layout.shape, *r) <= out.capacity;
+      take = take && CheckDeviceOutput(e->header.layout.shape, *r, out).ok();
     }
     if (!take) {
       // GetDevice reads it (and reports its errors) as it always did, and counts it then.
@@ -334,7 +345,9 @@ void StoreImpl::GetDeviceMany(std::string_view ns, std::span<const ChunkKey> key
     chunks[j].header = &e.header;
     chunks[j].section_offset = e.section_offset;
     chunks[j].run = e.direct[range.first];
-    chunks[j].out = outs[batch[j].index].data;
+    const DeviceTensor& out = outs[batch[j].index];
+    chunks[j].out = out.data;
+    chunks[j].paged = out.paged() ? &out : nullptr;
   }
   std::vector<absl::Status> status(batch.size());
   std::vector<absl::Status> failed(batch.size());  // a CUDA failure of the call holding j

@@ -199,6 +199,76 @@ TEST_F(CudaIpcTest, MultiKeyHostTierRestoreIntoARegionMatchesTheCodecPerChunk) {
   EXPECT_TRUE(client_->UnregisterRegion(region).ok());
 }
 
+// The transformers prefix cache's restore: one Get of many host-tier chunks into a dense
+// [L][2][H][Ttot][D] tensor on the GPU, described as a paged cache of one block
+// (token_stride D·2, head_stride Ttot·D·2), which the daemon batches (GetDeviceMany with
+// paged windows). Each found chunk's tokens, at its first_token, equal the codec; a
+// missing key in the middle is found == false and takes no slots.
+TEST_F(CudaIpcTest, MultiKeyHostTierRestoreIntoADenseStridedPagedCacheMatchesTheCodec) {
+  StartDaemon("64KiB");
+  constexpr int kChunks = 10;
+  const uint64_t payload = kShape.payload_bytes();
+  const uint64_t T = kShape.num_tokens, H = kShape.num_heads, D = kShape.head_dim;
+  const uint64_t total = T * kChunks;     // Ttot: the found chunks' tokens
+  const uint64_t plane = H * total * D * 2;  // [H][Ttot][D] 16-bit
+  DeviceBuffer buf(payload + 2 * kShape.num_layers * plane);
+  const Region region = Register(buf);
+  std::vector<std::vector<uint8_t>> oracle;
+  std::vector<ChunkKey> keys;
+  for (int i = 0; i < kChunks; ++i) {
+    const std::vector<uint16_t> in = cli::GeneratePayload(kShape, FreshSeed());
+    buf.Upload(0, in.data(), payload);
+    PutChunk c{ChunkKey{rng_(), rng_()}, kShape, Codec::FromPreset(Preset::kXQuant), {},
+               &region, 0};
+    ASSERT_TRUE(client_->Put("ns", c).ok());
+    keys.push_back(c.key);
+    oracle.push_back(testing::XQuantOracle(kShape, in));
+    if (i == 3) keys.push_back(ChunkKey{rng_(), rng_()});  // never stored
+  }
+  ASSERT_EQ(cudaMemset(static_cast<uint8_t*>(buf.data) + payload, 0xAB,
+                       2 * kShape.num_layers * plane),
+            cudaSuccess);
+  PagedCache cache;
+  for (uint32_t lx = 0; lx < 2 * kShape.num_layers; ++lx) {
+    cache.planes.push_back({&region, payload + lx * plane, plane});
+  }
+  cache.block_size = static_cast<uint32_t>(total);
+  cache.block_stride = plane;
+  cache.block_ids = {0};
+  cache.first_slot = 0;
+  cache.token_stride = D * 2;
+  cache.head_stride = total * D * 2;
+  GetOptions g;
+  g.output_paged = &cache;
+  g.allow_missing = true;
+  auto got = client_->Get("ns", keys, g);
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_EQ(got->size(), keys.size());
+  const std::vector<uint8_t> image = buf.Download(payload, 2 * kShape.num_layers * plane);
+  int o = 0;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    if (i == 4) {
+      EXPECT_FALSE((*got)[i].found);
+      continue;
+    }
+    ASSERT_TRUE((*got)[i].found) << i;
+    EXPECT_EQ((*got)[i].first_token, T * o);
+    // Back into the codec's [L][2][T][H][D].
+    std::vector<uint8_t> flat(payload);
+    for (uint64_t lx = 0; lx < 2ull * kShape.num_layers; ++lx) {
+      for (uint64_t t = 0; t < T; ++t) {
+        for (uint64_t h = 0; h < H; ++h) {
+          std::memcpy(flat.data() + ((lx * T + t) * H + h) * D * 2,
+                      image.data() + lx * plane + (h * total + o * T + t) * D * 2, D * 2);
+        }
+      }
+    }
+    EXPECT_TRUE(flat == oracle[o]) << "key " << i;
+    ++o;
+  }
+  EXPECT_TRUE(client_->UnregisterRegion(region).ok());
+}
+
 TEST_F(CudaIpcTest, PagedPutAndGetGatherAndScatterInTheKernels) {
   StartDaemon();
   PagedGeometry geo;

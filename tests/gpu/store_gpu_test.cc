@@ -383,7 +383,7 @@ TEST_F(StoreGpuTest, BatchedHostTierRestoreMatchesCpuCodecAndFlagsACorruptChunk)
   const StoreStats st = store->Stats();
   EXPECT_EQ(st.gpu_chunks, 0u);
   EXPECT_TRUE(st.gpus[0].healthy);
-  // Paged outputs are not batched: left for GetDevice.
+  // Paged windows GetDevice would refuse (here: no planes) are left to it.
   std::vector<std::optional<absl::StatusOr<ChunkInfo>>> results(2);
   std::vector<DeviceTensor> paged(2);
   paged[0].tier = paged[1].tier = 0;
@@ -413,6 +413,121 @@ TEST_F(StoreGpuTest, BatchedHostTierRestoreMatchesCpuCodecAndFlagsACorruptChunk)
   cudaFree(dev);
   EXPECT_FALSE(results[0].has_value());
   EXPECT_FALSE(results[1].has_value());
+}
+
+// GetDeviceMany into a paged (strided) output, as the transformers prefix cache restores:
+// one dense [l1-l0][2][h1-h0][Ttot][D] tensor described as a single block (token_stride
+// D·2, head_stride Ttot·D·2), chunk c at slots [c·T, (c+1)·T). Every chunk's tokens equal
+// the CPU codec's; a corrupt chunk is DataLoss with its slots untouched while the others
+// decode; a missing key is NotFound and writes nothing into the slots it was given.
+TEST_F(StoreGpuTest, BatchedHostTierRestoreIntoADenseStridedPagedOutputMatchesCpuCodec) {
+  REQUIRE_DEVICE();
+  std::unique_ptr<Store> store = MakeStore(Options(kPage));  // every chunk in the host tier
+  ASSERT_NE(store, nullptr);
+  auto* impl = dynamic_cast<internal::StoreImpl*>(store.get());
+  ASSERT_NE(impl, nullptr);
+  constexpr int kChunks = 11;  // three launch groups over two copy streams, the last partial
+  struct Case {
+    DType dtype;
+    Preset preset;
+    Slice slice;
+    DType out;
+  };
+  const Case cases[] = {
+      {DType::kF16, Preset::kXQuant, {}, DType::kF16},
+      {DType::kBF16, Preset::kKivi2, {1, 4, 1, 3}, DType::kBF16},
+      {DType::kF16, Preset::kAsymKv15, {3, 5, 0, 2}, DType::kBF16},
+  };
+  uint64_t next_key = 500;
+  for (const Case& cs : cases) {
+    SCOPED_TRACE(::testing::Message() << "preset " << int(cs.preset) << " layers ["
+                                      << cs.slice.layer_begin << ", " << cs.slice.layer_end
+                                      << ")");
+    const ChunkShape shape = Shape(5, cs.dtype, 70, 3, 64);
+    std::vector<Chunk> chunks;
+    std::vector<ChunkKey> keys;
+    for (int i = 0; i < kChunks; ++i) {
+      chunks.push_back(RandomChunk(rng_, shape, cs.preset));
+      keys.push_back({next_key++, 11});
+      ASSERT_TRUE(
+          store->Put(kNs, keys.back(), shape, chunks.back().config, chunks.back().bytes()).ok());
+    }
+    keys.push_back({next_key++, 11});  // never stored; given the last chunk's slots
+    const int corrupt = 5;
+    const absl::StatusOr<kernels::Slice> resolved = kernels::ResolveSlice(shape, cs.slice);
+    ASSERT_TRUE(resolved.ok());
+    ASSERT_TRUE(impl->CorruptSectionForTest(kNs, keys[corrupt],
+                                            kernels::PairsForSlice(*resolved).first)
+                    .ok());
+    const uint32_t ls = resolved->layer_end - resolved->layer_begin;
+    const uint32_t hs = resolved->head_end - resolved->head_begin;
+    const uint64_t T = shape.num_tokens, D = shape.head_dim;
+    const uint64_t total = T * keys.size();         // Ttot slots
+    const uint64_t plane = uint64_t{hs} * total * D * 2;  // [h1-h0][Ttot][D] 16-bit
+    const uint64_t dense = 2ull * ls * plane;
+    void* dev = nullptr;
+    ASSERT_EQ(cudaMalloc(&dev, dense), cudaSuccess);
+    ASSERT_EQ(cudaMemset(dev, 0xAB, dense), cudaSuccess);
+    std::vector<DeviceTensor> windows(keys.size());
+    for (size_t i = 0; i < keys.size(); ++i) {
+      DeviceTensor& w = windows[i];
+      w.tier = 0;
+      for (uint32_t lx = 0; lx < 2 * ls; ++lx) {
+        w.planes.push_back(static_cast<uint8_t*>(dev) + lx * plane);
+      }
+      w.block_ids = {0};
+      w.block_size = static_cast<uint32_t>(total);
+      w.first_slot = static_cast<uint32_t>(i * T);
+      w.heads = hs;
+      w.head_dim = shape.head_dim;
+      w.block_stride = plane;
+      w.token_stride = 2 * D;
+      w.head_stride = total * D * 2;
+    }
+    std::vector<DType> outs(keys.size(), cs.out);
+    std::vector<std::optional<absl::StatusOr<ChunkInfo>>> results(keys.size());
+    store->GetDeviceMany(kNs, keys, cs.slice, outs, windows, results);
+    std::vector<uint8_t> host(dense);
+    ASSERT_EQ(cudaMemcpy(host.data(), dev, dense, cudaMemcpyDeviceToHost), cudaSuccess);
+    // Key i's tokens gathered back into the codec's [l1-l0][2][T][h1-h0][D].
+    auto gathered = [&](size_t i) {
+      std::vector<uint8_t> flat(2ull * ls * T * hs * D * 2);
+      for (uint64_t lx = 0; lx < 2ull * ls; ++lx) {
+        for (uint64_t t = 0; t < T; ++t) {
+          for (uint64_t h = 0; h < hs; ++h) {
+            std::memcpy(flat.data() + ((lx * T + t) * hs + h) * D * 2,
+                        host.data() + lx * plane + (h * total + i * T + t) * D * 2, D * 2);
+          }
+        }
+      }
+      return flat;
+    };
+    const std::vector<uint8_t> untouched(2ull * ls * T * hs * D * 2, 0xAB);
+    for (int i = 0; i < kChunks; ++i) {
+      ASSERT_TRUE(results[i].has_value()) << "chunk " << i << " was not batched";
+      if (i == corrupt) {
+        EXPECT_EQ(results[i]->status().code(), absl::StatusCode::kDataLoss)
+            << results[i]->status();
+        EXPECT_TRUE(gathered(i) == untouched) << "the corrupt chunk wrote bytes";
+        continue;
+      }
+      ASSERT_TRUE(results[i]->ok()) << i << ": " << results[i]->status();
+      EXPECT_EQ((*results[i])->shape, shape);
+      EXPECT_TRUE(gathered(i) == Expected(chunks[i], cs.slice, cs.out)) << "chunk " << i;
+    }
+    ASSERT_TRUE(results[kChunks].has_value());
+    EXPECT_EQ(results[kChunks]->status().code(), absl::StatusCode::kNotFound);
+    EXPECT_TRUE(gathered(kChunks) == untouched) << "the missing key's slots were written";
+    // The single-key path reports the same corruption on the same window.
+    EXPECT_EQ(store->GetDevice(kNs, keys[corrupt], cs.slice, cs.out, windows[corrupt])
+                  .status()
+                  .code(),
+              absl::StatusCode::kDataLoss);
+    cudaFree(dev);
+  }
+  const StoreStats st = store->Stats();
+  EXPECT_EQ(st.gpu_chunks, 0u);
+  EXPECT_TRUE(st.gpus[0].healthy);
 }
 
 TEST_F(StoreGpuTest, RejectsNonFiniteInputOnTheGpuAndStaysHealthy) {

@@ -119,8 +119,9 @@ class PrefixCache:
             and restored.
         codec: how chunks are stored: a preset (``"fp16"`` lossless, the default;
             ``"kivi-2"``, ``"asymkv-1.5"``, ``"xquant"``) or a ``kvstash.CodecConfig``.
-            The lossy presets change the model's outputs: on SmolLM2-135M ``kivi-2`` raised
-            perplexity by 20%, ``xquant`` by 157% (docs/fidelity.md); measure your model.
+            The lossy presets change the model's outputs: on SmolLM2-135M ``kivi-2`` changed
+            27% of next-token argmaxes and ``xquant`` 53% (bench/results/prefix-cache.md;
+            perplexity +20% and +157%, docs/fidelity.md); measure your model.
 
     Not thread-safe (one staging tensor); use one PrefixCache per worker thread.
     """

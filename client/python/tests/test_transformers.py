@@ -9,7 +9,6 @@ memory).
 
 import socket
 
-import numpy as np
 import pytest
 
 import kvstash

@@ -211,6 +211,8 @@ absl::StatusOr<std::unique_ptr<Transport>> OpenCudaIpcTransport(const TransportO
   }
   client::ClientOptions co;
   co.target = options.target;
+  co.token = options.token;
+  co.tls = options.tls;
   co.connect_timeout = options.connect_timeout;
   co.max_message_bytes = options.max_message_bytes;
   absl::StatusOr<std::unique_ptr<client::Client>> c = client::Client::Connect(co);

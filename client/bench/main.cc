@@ -13,6 +13,7 @@
 #include "cuda_ipc_transport.h"
 #include "cli_util.h"
 #include "json.h"
+#include "security_flags.h"
 #include "transport.h"
 
 namespace kvstash::bench {
@@ -24,6 +25,8 @@ constexpr char kFooter[] = R"(Exit codes:
   2  usage error or invalid argument (also an unimplemented --transport)
   4  the daemon is unavailable
   5  resource exhausted while pre-populating
+  6  the daemon refused the token (UNAUTHENTICATED, PERMISSION_DENIED)
+Token: --token-file FILE, $KVSTASH_TOKEN_FILE or $KVSTASH_TOKEN (no --token flag).
 See docs/bench.md for workloads, the report fields and examples.)";
 
 int Fail(bool json, const absl::Status& status) {
@@ -53,8 +56,10 @@ int Main(int argc, char** argv) {
   int max_message_bytes = 256 << 20;
   bool json = false, progress = false, keep = false;
   int cuda_device = 0;
+  cli::SecurityFlags security;
 
-  app.add_option("--addr", addr, "daemon address host:port (redis: the Redis server's)")
+  app.add_option("--addr", addr,
+                 "daemon address host:port or unix:/path (redis: the Redis server's host:port)")
       ->capture_default_str();
   app.add_option("--transport", transport,
                  "grpc | shm (same host: payloads through a registered /dev/shm region) | "
@@ -107,6 +112,7 @@ int Main(int argc, char** argv) {
       ->capture_default_str();
   app.add_flag("--progress", progress, "progress line on stderr even when it is not a TTY");
   app.add_flag("--json", json, "print the report as one JSON object");
+  cli::AddSecurityFlags(app, &security);
 
   try {
     app.parse(argc, argv);
@@ -151,6 +157,20 @@ int Main(int argc, char** argv) {
   if (!kind.ok()) return Fail(json, kind.status());
   TransportOptions t;
   t.target = addr;
+  if (*kind == TransportKind::kRedis) {
+    // Redis is the peer: the kvstash token is not sent to it, and a TLS flag is refused
+    // rather than measuring plaintext Redis against a TLS kvstash unawares.
+    if (cli::AnyTlsFlag(security)) {
+      return Fail(json, absl::InvalidArgumentError("--tls*: do not apply to --transport redis"));
+    }
+  } else {
+    client::ClientOptions co;
+    if (absl::Status st = cli::ApplySecurityFlags(security, &co); !st.ok()) {
+      return Fail(json, st);
+    }
+    t.token = co.token;
+    t.tls = co.tls;
+  }
   t.timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000 + 0.5));
   t.max_message_bytes = max_message_bytes;
   t.connect_timeout = std::min(t.connect_timeout, t.timeout);

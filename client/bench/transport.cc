@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "grpcpp/grpcpp.h"
 #include "kvstash/client/client.h"
+#include "kvstash/client/grpc_channel.h"
 #include "kvstash/v1/kvstash.grpc.pb.h"
 #include "kvstash/v1/kvstash.pb.h"
 #include "cuda_ipc_transport.h"
@@ -39,7 +40,10 @@ void ToProto(const client::ChunkKey& k, pb::ChunkKey* out) {
 class GrpcTransport final : public Transport {
  public:
   GrpcTransport(const TransportOptions& options, std::shared_ptr<grpc::Channel> channel)
-      : options_(options), channel_(std::move(channel)), stub_(pb::KvStash::NewStub(channel_)) {}
+      : options_(options),
+        auth_(options.token),
+        channel_(std::move(channel)),
+        stub_(pb::KvStash::NewStub(channel_)) {}
 
   absl::StatusOr<uint64_t> Put(std::string_view ns, const PutOp& op) override {
     pb::PutRequest req;
@@ -117,11 +121,14 @@ class GrpcTransport final : public Transport {
   }
 
  private:
+  // The deadline and the authorization metadata of one call.
   void SetDeadline(grpc::ClientContext* ctx) const {
     ctx->set_deadline(std::chrono::system_clock::now() + options_.timeout);
+    auth_.AddToContext(ctx);
   }
 
   const TransportOptions options_;
+  const client::CallAuth auth_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<pb::KvStash::Stub> stub_;
 };
@@ -133,6 +140,7 @@ class ShmTransport final : public Transport {
   ShmTransport(const TransportOptions& options, std::shared_ptr<grpc::Channel> channel,
                client::SharedRegion region, uint64_t slot_stride)
       : options_(options),
+        auth_(options.token),
         channel_(channel),
         stub_(pb::KvStash::NewStub(channel)),
         control_(options, channel),
@@ -256,11 +264,14 @@ class ShmTransport final : public Transport {
     }
     cv_.notify_one();
   }
+  // The deadline and the authorization metadata of one call.
   void SetDeadline(grpc::ClientContext* ctx) const {
     ctx->set_deadline(std::chrono::system_clock::now() + options_.timeout);
+    auth_.AddToContext(ctx);
   }
 
   const TransportOptions options_;
+  const client::CallAuth auth_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<pb::KvStash::Stub> stub_;
   GrpcTransport control_;  // Lookup and Delete carry no payload
@@ -309,12 +320,19 @@ absl::StatusOr<std::unique_ptr<Transport>> OpenTransport(TransportKind kind,
   args.SetMaxSendMessageSize(options.max_message_bytes);
   // A private subchannel pool: this channel gets its own TCP connection.
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-  std::shared_ptr<grpc::Channel> channel =
-      grpc::CreateCustomChannel(options.target, grpc::InsecureChannelCredentials(), args);
+  // The client library's channel: the same TLS and token checks as client::Client.
+  client::ClientOptions co;
+  co.target = options.target;
+  co.token = options.token;
+  co.tls = options.tls;
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> made = client::CreateChannel(co, args);
+  if (!made.ok()) return made.status();
+  std::shared_ptr<grpc::Channel> channel = *std::move(made);
   if (options.connect_timeout.count() > 0 &&
       !channel->WaitForConnected(std::chrono::system_clock::now() + options.connect_timeout)) {
-    return absl::UnavailableError(absl::StrCat("cannot connect to ", options.target, " within ",
-                                               options.connect_timeout.count(), " ms"));
+    return absl::UnavailableError(absl::StrCat(
+        "cannot connect to ", options.target, " within ", options.connect_timeout.count(),
+        " ms", options.tls.enabled ? " (TLS: also check --tls-ca and the server name)" : ""));
   }
   if (kind == TransportKind::kGrpc) {
     return std::unique_ptr<Transport>(new GrpcTransport(options, std::move(channel)));

@@ -21,6 +21,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "kvstash/client/chunk_key.h"
+#include "kvstash/client/client.h"
 #include "kvstash/kernels/format.h"
 
 namespace kvstash::bench {
@@ -32,8 +33,13 @@ absl::StatusOr<TransportKind> ParseTransport(std::string_view name);
 std::string_view TransportName(TransportKind kind);
 
 struct TransportOptions {
-  // Daemon address, "host:port". Default "127.0.0.1:7450".
+  // Daemon address, "host:port" or "unix:/path" (redis: host:port only). Default
+  // "127.0.0.1:7450".
   std::string target = "127.0.0.1:7450";
+  // gRPC transports: the bearer token sent with every call (empty: none) and TLS, as in
+  // client::ClientOptions. The redis transport ignores them.
+  std::string token;
+  client::TlsOptions tls;
   // Deadline of every call. Default 60 s.
   std::chrono::milliseconds timeout{60'000};
   // Largest message sent or received, bytes. Default 256 MiB (the daemon's default).

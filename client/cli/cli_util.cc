@@ -56,6 +56,8 @@ int ExitCodeFor(absl::StatusCode code) {
     case absl::StatusCode::kUnavailable:
     case absl::StatusCode::kDeadlineExceeded: return kExitUnavailable;
     case absl::StatusCode::kResourceExhausted: return kExitResourceExhausted;
+    case absl::StatusCode::kUnauthenticated:
+    case absl::StatusCode::kPermissionDenied: return kExitDenied;
     default: return kExitError;
   }
 }

@@ -30,9 +30,10 @@ inline constexpr int kExitUsage = 2;
 inline constexpr int kExitNotFound = 3;
 inline constexpr int kExitUnavailable = 4;
 inline constexpr int kExitResourceExhausted = 5;
+inline constexpr int kExitDenied = 6;
 
 // InvalidArgument/OutOfRange → 2, NotFound → 3, Unavailable/DeadlineExceeded → 4,
-// ResourceExhausted → 5, OK → 0, anything else → 1.
+// ResourceExhausted → 5, Unauthenticated/PermissionDenied → 6, OK → 0, anything else → 1.
 int ExitCodeFor(absl::StatusCode code);
 
 // "1,2,3", ranges "0-255" (inclusive) and mixes "5,7-9". Token ids are 0 .. 2^31-1.

@@ -23,6 +23,7 @@
 #include "kvstash/client/client.h"
 #include "kvstash/kernels/format.h"
 #include "npy.h"
+#include "security_flags.h"
 
 namespace kvstash::cli {
 namespace {
@@ -37,6 +38,9 @@ constexpr char kFooter[] = R"(Exit codes:
   3  not found (get or rm of a missing key; lookup never fails for a miss)
   4  unavailable (cannot connect, or the deadline passed)
   5  resource exhausted (the daemon cannot free enough memory)
+  6  refused: no or wrong token (UNAUTHENTICATED) or not allowed (PERMISSION_DENIED)
+Token: --token-file FILE, $KVSTASH_TOKEN_FILE or $KVSTASH_TOKEN (there is no --token:
+command lines are visible to other users).
 See docs/cli.md for examples.)";
 
 struct Globals {
@@ -44,6 +48,7 @@ struct Globals {
   double timeout_s = 30;
   bool json = false;
   std::string ns = "default";
+  SecurityFlags security;
 };
 
 // Prints the error (stderr, and a JSON object on stdout with --json) and returns the exit
@@ -78,7 +83,7 @@ absl::StatusOr<std::string> ReadFile(const std::string& path) {
 absl::Status WriteFile(const std::string& path, std::string_view header, const void* data,
                        size_t bytes) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out) return absl::PermissionDeniedError(absl::StrCat("cannot create '", path, "'"));
+  if (!out) return absl::FailedPreconditionError(absl::StrCat("cannot create '", path, "'"));
   out.write(header.data(), static_cast<std::streamsize>(header.size()));
   out.write(static_cast<const char*>(data), static_cast<std::streamsize>(bytes));
   out.close();
@@ -163,6 +168,7 @@ absl::StatusOr<std::unique_ptr<client::Client>> Connect(const Globals& g) {
   o.target = g.addr;
   o.default_timeout = std::chrono::milliseconds(static_cast<int64_t>(g.timeout_s * 1000 + 0.5));
   if (o.default_timeout.count() == 0) o.default_timeout = std::chrono::milliseconds(1);
+  if (absl::Status s = ApplySecurityFlags(g.security, &o); !s.ok()) return s;
   return client::Client::Connect(o);
 }
 
@@ -653,13 +659,14 @@ int Main(int argc, char** argv) {
   app.fallthrough();
 
   Globals g;
-  app.add_option("--addr", g.addr, "Daemon address HOST:PORT")
+  app.add_option("--addr", g.addr, "Daemon address HOST:PORT, or unix:/PATH (Unix socket)")
       ->envname("KVSTASH_ADDR")
       ->capture_default_str();
   app.add_option("--timeout", g.timeout_s, "Deadline of each call, seconds")
       ->capture_default_str();
   app.add_flag("--json", g.json, "Print one JSON object per command on stdout");
   app.add_option("-n,--namespace", g.ns, "Key namespace")->capture_default_str();
+  AddSecurityFlags(app, &g.security);
 
   // put
   PutArgs pa;

@@ -7,12 +7,15 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <fstream>
+#include <iterator>
 #include <random>
 #include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "grpcpp/grpcpp.h"
+#include "kvstash/client/grpc_channel.h"
 #include "kvstash/v1/kvstash.grpc.pb.h"
 #include "kvstash/v1/kvstash.pb.h"
 #include "status.h"
@@ -132,7 +135,10 @@ absl::Status ToProto(const PagedCache& p, pb::PagedLayout* out) {
 class GrpcClient final : public Client {
  public:
   GrpcClient(const ClientOptions& options, std::shared_ptr<grpc::Channel> channel)
-      : options_(options), channel_(std::move(channel)), stub_(pb::KvStash::NewStub(channel_)) {}
+      : options_(options),
+        auth_(options.token),
+        channel_(std::move(channel)),
+        stub_(pb::KvStash::NewStub(channel_)) {}
 
   using Client::Get;
   using Client::Put;
@@ -169,7 +175,7 @@ class GrpcClient final : public Client {
     }
     pb::PutResponse resp;
     grpc::ClientContext ctx;
-    SetDeadline(call, &ctx);
+    PrepareContext(call, &ctx);
     if (absl::Status s = internal::FromGrpcStatus(stub_->Put(&ctx, req, &resp)); !s.ok()) {
       return s;
     }
@@ -218,7 +224,7 @@ class GrpcClient final : public Client {
     }
     pb::GetResponse resp;
     grpc::ClientContext ctx;
-    SetDeadline(call, &ctx);
+    PrepareContext(call, &ctx);
     if (absl::Status st = internal::FromGrpcStatus(stub_->Get(&ctx, req, &resp)); !st.ok()) {
       return st;
     }
@@ -245,7 +251,7 @@ class GrpcClient final : public Client {
     for (const ChunkKey& k : chain) ToProto(k, req.add_keys());
     pb::LookupResponse resp;
     grpc::ClientContext ctx;
-    SetDeadline(call, &ctx);
+    PrepareContext(call, &ctx);
     if (absl::Status s = internal::FromGrpcStatus(stub_->Lookup(&ctx, req, &resp)); !s.ok()) {
       return s;
     }
@@ -259,7 +265,7 @@ class GrpcClient final : public Client {
     for (const ChunkKey& k : keys) ToProto(k, req.add_keys());
     pb::DeleteResponse resp;
     grpc::ClientContext ctx;
-    SetDeadline(call, &ctx);
+    PrepareContext(call, &ctx);
     if (absl::Status s = internal::FromGrpcStatus(stub_->Delete(&ctx, req, &resp)); !s.ok()) {
       return s;
     }
@@ -270,7 +276,7 @@ class GrpcClient final : public Client {
     pb::StatsRequest req;
     pb::StatsResponse resp;
     grpc::ClientContext ctx;
-    SetDeadline(call, &ctx);
+    PrepareContext(call, &ctx);
     if (absl::Status s = internal::FromGrpcStatus(stub_->Stats(&ctx, req, &resp)); !s.ok()) {
       return s;
     }
@@ -319,7 +325,7 @@ class GrpcClient final : public Client {
     req.set_token(region.token);
     pb::UnregisterRegionResponse resp;
     grpc::ClientContext ctx;
-    SetDeadline(call, &ctx);
+    PrepareContext(call, &ctx);
     return internal::FromGrpcStatus(stub_->UnregisterRegion(&ctx, req, &resp));
   }
 
@@ -329,7 +335,7 @@ class GrpcClient final : public Client {
     req.set_token(region.token);
     pb::RenewRegionResponse resp;
     grpc::ClientContext ctx;
-    SetDeadline(call, &ctx);
+    PrepareContext(call, &ctx);
     return internal::FromGrpcStatus(stub_->RenewRegion(&ctx, req, &resp));
   }
 
@@ -344,7 +350,7 @@ class GrpcClient final : public Client {
     req->set_lease_seconds(lease_seconds);
     pb::RegisterRegionResponse resp;
     grpc::ClientContext ctx;
-    SetDeadline(call, &ctx);
+    PrepareContext(call, &ctx);
     if (absl::Status s = internal::FromGrpcStatus(stub_->RegisterRegion(&ctx, *req, &resp));
         !s.ok()) {
       return s;
@@ -353,17 +359,142 @@ class GrpcClient final : public Client {
                   resp.pinned()};
   }
 
-  void SetDeadline(const CallOptions& call, grpc::ClientContext* ctx) const {
+  // The deadline and the authorization metadata of one call.
+  void PrepareContext(const CallOptions& call, grpc::ClientContext* ctx) const {
     const std::chrono::milliseconds timeout = call.timeout.value_or(options_.default_timeout);
     ctx->set_deadline(std::chrono::system_clock::now() + timeout);
+    auth_.AddToContext(ctx);
   }
 
   const ClientOptions options_;
+  const CallAuth auth_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<pb::KvStash::Stub> stub_;
 };
 
+// --- Token and TLS files ----------------------------------------------------------------
+
+// The whole file at `path`; InvalidArgument "<field>: cannot read '<path>': <why>".
+absl::StatusOr<std::string> ReadOptionFile(absl::string_view field, const std::string& path) {
+  errno = 0;
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    const int e = errno;  // libstdc++ opens with open(2): errno says why
+    return absl::InvalidArgumentError(absl::StrCat(field, ": cannot read '", path, "': ",
+                                                   e != 0 ? std::strerror(e) : "cannot open"));
+  }
+  std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) {
+    return absl::InvalidArgumentError(absl::StrCat(field, ": cannot read '", path, "'"));
+  }
+  return data;
+}
+
+// Reads a PEM file of a TLS option and checks that it holds a block of `kind`
+// ("CERTIFICATE", "PRIVATE KEY"), so a wrong file fails here and not as a handshake error.
+absl::StatusOr<std::string> ReadPem(absl::string_view field, const std::string& path,
+                                    absl::string_view kind) {
+  absl::StatusOr<std::string> pem = ReadOptionFile(field, path);
+  if (!pem.ok()) return pem.status();
+  // "-----BEGIN CERTIFICATE-----"; keys may be "PRIVATE KEY", "RSA PRIVATE KEY", "EC ...".
+  const size_t begin = pem->find("-----BEGIN ");
+  if (begin == std::string::npos ||
+      pem->find(absl::StrCat(kind, "-----"), begin) == std::string::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ": '", path, "' holds no PEM ", kind));
+  }
+  return pem;
+}
+
 }  // namespace
+
+// A bearer token goes into an HTTP/2 header: visible ASCII, no spaces (RFC 6750 allows
+// less, but the daemon compares bytes, so anything visible is accepted here).
+absl::Status ValidateToken(std::string_view token, std::string_view field) {
+  for (size_t i = 0; i < token.size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>(token[i]);
+    if (c < 0x21 || c > 0x7e) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          absl::string_view(field.data(), field.size()), ": byte ", i, " (0x",
+          absl::Hex(static_cast<unsigned>(c), absl::kZeroPad2),
+          ") is not visible ASCII; a bearer token cannot hold spaces or control characters"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> LoadTokenFile(const std::string& path) {
+  absl::StatusOr<std::string> data = ReadOptionFile("token file", path);
+  if (!data.ok()) return data.status();
+  std::string_view t = *data;
+  constexpr std::string_view kSpace = " \t\r\n\v\f";
+  const size_t first = t.find_first_not_of(kSpace);
+  if (first == std::string_view::npos) {
+    return absl::InvalidArgumentError(absl::StrCat("token file: '", path, "' is empty"));
+  }
+  t = t.substr(first, t.find_last_not_of(kSpace) - first + 1);
+  if (absl::Status s = ValidateToken(t, absl::StrCat("token file '", path, "'")); !s.ok()) {
+    return s;
+  }
+  return std::string(t);
+}
+
+absl::StatusOr<std::shared_ptr<grpc::Channel>> CreateChannel(const ClientOptions& options,
+                                                             grpc::ChannelArguments args) {
+  if (options.target.empty()) return absl::InvalidArgumentError("target: empty address");
+  if (absl::Status s = ValidateToken(options.token, "token"); !s.ok()) return s;
+  const TlsOptions& tls = options.tls;
+  std::shared_ptr<grpc::ChannelCredentials> creds;
+  if (!tls.enabled) {
+    // Silently sending plaintext when TLS files were given would be worse than refusing.
+    for (const auto& [field, value] :
+         {std::pair<const char*, const std::string*>{"tls.ca_file", &tls.ca_file},
+          {"tls.cert_file", &tls.cert_file},
+          {"tls.key_file", &tls.key_file},
+          {"tls.server_name_override", &tls.server_name_override}}) {
+      if (!value->empty()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(field, ": set, but tls.enabled is false"));
+      }
+    }
+    creds = grpc::InsecureChannelCredentials();
+  } else {
+    if (tls.cert_file.empty() != tls.key_file.empty()) {
+      return absl::InvalidArgumentError(
+          tls.cert_file.empty()
+              ? "tls.key_file: given without tls.cert_file (mutual TLS needs both)"
+              : "tls.cert_file: given without tls.key_file (mutual TLS needs both)");
+    }
+    grpc::SslCredentialsOptions ssl;
+    if (!tls.ca_file.empty()) {
+      absl::StatusOr<std::string> ca = ReadPem("tls.ca_file", tls.ca_file, "CERTIFICATE");
+      if (!ca.ok()) return ca.status();
+      ssl.pem_root_certs = *std::move(ca);
+    }
+    if (!tls.cert_file.empty()) {
+      absl::StatusOr<std::string> cert = ReadPem("tls.cert_file", tls.cert_file, "CERTIFICATE");
+      if (!cert.ok()) return cert.status();
+      absl::StatusOr<std::string> key = ReadPem("tls.key_file", tls.key_file, "PRIVATE KEY");
+      if (!key.ok()) return key.status();
+      ssl.pem_cert_chain = *std::move(cert);
+      ssl.pem_private_key = *std::move(key);
+    }
+    // gRPC's default name for a unix: target was "localhost" and is the path in later
+    // versions; a certificate names a host, so keep "localhost".
+    const bool unix_target = options.target.rfind("unix", 0) == 0;  // unix:, unix-abstract:
+    if (!tls.server_name_override.empty() || unix_target) {
+      args.SetSslTargetNameOverride(
+          tls.server_name_override.empty() ? "localhost" : tls.server_name_override);
+    }
+    creds = grpc::SslCredentials(ssl);
+  }
+  std::shared_ptr<grpc::Channel> channel =
+      grpc::CreateCustomChannel(options.target, creds, args);
+  if (!channel) {
+    return absl::InvalidArgumentError(absl::StrCat("target: cannot use '", options.target, "'"));
+  }
+  return channel;
+}
 
 absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& options) {
   if (options.target.empty()) return absl::InvalidArgumentError("target: empty address");
@@ -376,17 +507,16 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(options.max_message_bytes);
   args.SetMaxSendMessageSize(options.max_message_bytes);
-  std::shared_ptr<grpc::Channel> channel =
-      grpc::CreateCustomChannel(options.target, grpc::InsecureChannelCredentials(), args);
-  if (!channel) {
-    return absl::InvalidArgumentError(absl::StrCat("target: cannot use '", options.target, "'"));
-  }
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel = CreateChannel(options, args);
+  if (!channel.ok()) return channel.status();
   if (options.connect_timeout.count() > 0 &&
-      !channel->WaitForConnected(std::chrono::system_clock::now() + options.connect_timeout)) {
-    return absl::UnavailableError(absl::StrCat("cannot connect to ", options.target, " within ",
-                                               options.connect_timeout.count(), " ms"));
+      !(*channel)->WaitForConnected(std::chrono::system_clock::now() +
+                                    options.connect_timeout)) {
+    return absl::UnavailableError(absl::StrCat(
+        "cannot connect to ", options.target, " within ", options.connect_timeout.count(),
+        " ms", options.tls.enabled ? " (TLS: also check tls.ca_file and the server name)" : ""));
   }
-  return std::unique_ptr<Client>(new GrpcClient(options, std::move(channel)));
+  return std::unique_ptr<Client>(new GrpcClient(options, *std::move(channel)));
 }
 
 absl::StatusOr<PutResult> Client::Put(std::string_view ns, const PutChunk& chunk,
@@ -428,9 +558,11 @@ absl::StatusOr<SharedRegion> SharedRegion::Create(uint64_t size) {
     r.path_.clear();
     return absl::InternalError(absl::StrCat("create shared region: ", std::strerror(e)));
   }
-  if (ftruncate(r.fd_, static_cast<off_t>(size)) != 0) {
-    return absl::InternalError(absl::StrCat("ftruncate ", r.path_, " to ", size, " bytes: ",
-                                            std::strerror(errno)));
+  // Reserve the pages up front (not ftruncate's sparse file): a /dev/shm without room
+  // fails here with ENOSPC instead of with SIGBUS in this process or the daemon later.
+  if (const int e = posix_fallocate(r.fd_, 0, static_cast<off_t>(size)); e != 0) {
+    return absl::InternalError(
+        absl::StrCat("reserve ", size, " bytes of ", r.path_, ": ", std::strerror(e)));
   }
   void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, r.fd_, 0);
   if (p == MAP_FAILED) {

@@ -127,9 +127,45 @@ constexpr Option kOptions[] = {
      "(default 10s)"},
     {"server", "max_regions", "--max-regions", Kind::kUint32, "N",
      "shared-memory regions registered at once, all clients (default 256)"},
+    {"server", "unix_socket", "--unix-socket", Kind::kString, "PATH",
+     "also serve gRPC on this Unix socket (clients: unix:PATH); default none"},
+    {"server", "unix_socket_mode", "--unix-socket-mode", Kind::kString, "OCTAL",
+     "permissions of the Unix socket file (default 0660)"},
+    {"server", "reflection", "--reflection", Kind::kBool, "BOOL",
+     "serve gRPC server reflection (default false)"},
+    {"auth", "tokens_file", "--tokens-file", Kind::kString, "PATH",
+     "tenants, token hashes and rights (docs/security.md); reloaded on SIGHUP; default "
+     "none = authentication off (loopback only)"},
+    {"auth", "insecure", "--insecure", Kind::kBool, "BOOL",
+     "allow a non-loopback listen address without authentication (default false)"},
+    {"tls", "cert_file", "--tls-cert", Kind::kString, "PATH",
+     "PEM server certificate chain; with --tls-key turns TLS on (default none)"},
+    {"tls", "key_file", "--tls-key", Kind::kString, "PATH", "PEM server private key"},
+    {"tls", "client_ca_file", "--tls-client-ca", Kind::kString, "PATH",
+     "PEM CA bundle for client certificates (mutual TLS; default none)"},
+    {"tls", "require_client_cert", "--tls-require-client-cert", Kind::kBool, "BOOL",
+     "refuse clients without a valid certificate (default false)"},
+    {"tls", "reload_interval", "--tls-reload-interval", Kind::kDuration, "DURATION",
+     "how often certificate files are re-read (default 60s)"},
+    {"quotas", "namespace_bytes", "--namespace-quota", Kind::kSize, "SIZE",
+     "pool bytes one namespace may hold; 0 = no limit (default 0)"},
+    {"quotas", "namespace_regions", "--namespace-regions", Kind::kUint32, "N",
+     "regions one namespace may register at once; 0 = no limit (default 0)"},
     {"metrics", "listen", "--metrics-listen", Kind::kString, "HOST:PORT",
      "HTTP endpoint for /metrics, /healthz, /readyz; port 0 picks a free port (default "
      "127.0.0.1:7451, or 127.0.0.1:0 when --listen has port 0)"},
+    {"metrics", "bearer_token_sha256", "--metrics-token-sha256", Kind::kString, "HEX",
+     "SHA-256 of a bearer token /metrics requires (default none)"},
+    {"metrics", "basic_auth_user", "--metrics-basic-user", Kind::kString, "USER",
+     "HTTP basic auth user for /metrics (default none)"},
+    {"metrics", "basic_auth_password_sha256", "--metrics-basic-password-sha256", Kind::kString,
+     "HEX", "SHA-256 of the basic auth password (default none)"},
+    {"metrics", "tls_cert_file", "--metrics-tls-cert", Kind::kString, "PATH",
+     "PEM certificate for HTTPS on the metrics port (default none)"},
+    {"metrics", "tls_key_file", "--metrics-tls-key", Kind::kString, "PATH",
+     "PEM key for HTTPS on the metrics port (default none)"},
+    {"metrics", "top_namespaces", "--metrics-top-namespaces", Kind::kUint32, "N",
+     "namespaces exported by name in per-namespace metrics (default 16)"},
     {"metrics", "fidelity_probe_every", "--fidelity-probe-every", Kind::kUint32, "N",
      "re-decode every Nth Put and record its relative error; 0 = never (default 64)"},
     {"host", "capacity", "--host-capacity", Kind::kSize, "SIZE",
@@ -177,7 +213,26 @@ Target TargetOf(const Option& o, DaemonConfig& c) {
   if (name == "server.ready_file") return {.str = &c.ready_file};
   if (name == "server.shutdown_deadline") return {.size = &c.shutdown_deadline_ms};
   if (name == "server.max_regions") return {.u32 = &c.max_regions};
+  if (name == "server.unix_socket") return {.str = &c.unix_socket};
+  if (name == "server.unix_socket_mode") return {.str = &c.unix_socket_mode};
+  if (name == "server.reflection") return {.flag = &c.reflection};
+  if (name == "auth.tokens_file") return {.str = &c.tokens_file};
+  if (name == "auth.insecure") return {.flag = &c.insecure};
+  if (name == "tls.cert_file") return {.str = &c.tls_cert_file};
+  if (name == "tls.key_file") return {.str = &c.tls_key_file};
+  if (name == "tls.client_ca_file") return {.str = &c.tls_client_ca_file};
+  if (name == "tls.require_client_cert") return {.flag = &c.tls_require_client_cert};
+  if (name == "tls.reload_interval") return {.size = &c.tls_reload_interval_ms};
+  if (name == "quotas.namespace_bytes") return {.size = &c.namespace_quota_bytes};
+  if (name == "quotas.namespace_regions") return {.u32 = &c.namespace_max_regions};
   if (name == "metrics.listen") return {.str = &c.metrics_listen};
+  if (name == "metrics.bearer_token_sha256") return {.str = &c.metrics_bearer_token_sha256};
+  if (name == "metrics.basic_auth_user") return {.str = &c.metrics_basic_auth_user};
+  if (name == "metrics.basic_auth_password_sha256")
+    return {.str = &c.metrics_basic_auth_password_sha256};
+  if (name == "metrics.tls_cert_file") return {.str = &c.metrics_tls_cert_file};
+  if (name == "metrics.tls_key_file") return {.str = &c.metrics_tls_key_file};
+  if (name == "metrics.top_namespaces") return {.u32 = &c.metrics_top_namespaces};
   if (name == "metrics.fidelity_probe_every") return {.u32 = &c.fidelity_probe_every};
   if (name == "host.capacity") return {.size = &c.host_capacity_bytes};
   if (name == "host.page_bytes") return {.size = &c.page_bytes};
@@ -222,7 +277,7 @@ absl::Status SetFromText(const Option& o, absl::string_view label, absl::string_
       return absl::OkStatus();
     }
     case Kind::kBool: {
-      const std::string v = Lower(Trim(text));
+      const std::string v = Trim(text).empty() ? std::string("true") : Lower(Trim(text));
       if (v != "true" && v != "false" && v != "on" && v != "off")
         return Invalid(label, absl::StrCat(Quote(text), " is not true or false (or on, off)"));
       *t.flag = v == "true" || v == "on";
@@ -324,6 +379,42 @@ std::string KnownKeys() {
   std::string out;
   for (const Option& o : kOptions) absl::StrAppend(&out, out.empty() ? "" : ", ", Name(o));
   return out;
+}
+
+// [quotas.namespaces]: "NAME" = { bytes = SIZE, regions = N }.
+absl::Status ApplyNamespaceQuotas(const toml::node& node, DaemonConfig& c) {
+  const toml::table* t = node.as_table();
+  if (t == nullptr)
+    return Invalid("quotas.namespaces",
+                   "expected a table of \"NAME\" = { bytes = SIZE, regions = N }");
+  for (const auto& [name_key, entry] : *t) {
+    const std::string ns(name_key.str());
+    const std::string where = absl::StrCat("quotas.namespaces.", Quote(ns));
+    const toml::table* e = entry.as_table();
+    if (e == nullptr) return Invalid(where, "expected { bytes = SIZE, regions = N }");
+    NamespaceQuota q;
+    for (const auto& [k, v] : *e) {
+      if (k.str() == "bytes") {
+        absl::StatusOr<uint64_t> b;
+        if (const auto* str = v.as_string()) b = ParseSize(str->get());
+        else if (const auto* i = v.as_integer(); i && i->get() >= 0) b = static_cast<uint64_t>(i->get());
+        else b = absl::InvalidArgumentError("");
+        if (!b.ok()) return Invalid(absl::StrCat(where, ".bytes"), absl::StrCat(NodeText(v), " is not a size"));
+        q.bytes = *b;
+      } else if (k.str() == "regions") {
+        const auto* i = v.as_integer();
+        if (i == nullptr || i->get() < 0 || i->get() > kMaxRegions)
+          return Invalid(absl::StrCat(where, ".regions"),
+                         absl::StrCat(NodeText(v), " is not an integer in [0, ", kMaxRegions, "]"));
+        q.regions = static_cast<uint32_t>(i->get());
+      } else {
+        return Invalid(absl::StrCat(where, ".", std::string(k.str())),
+                       "unknown key (known: bytes, regions)");
+      }
+    }
+    c.namespace_quotas[ns] = q;
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::string> ReadFile(const std::string& path) {
@@ -464,6 +555,10 @@ absl::StatusOr<DaemonConfig> ApplyToml(const DaemonConfig& base, absl::string_vi
     if (t == nullptr) return fail(Invalid(table, "expected a table, e.g. [" + std::string(table) + "]"));
     for (const auto& [key, node] : *t) {
       const absl::string_view key_name(key.str().data(), key.str().size());
+      if (table == "quotas" && key_name == "namespaces") {
+        if (absl::Status s = ApplyNamespaceQuotas(node, c); !s.ok()) return fail(s);
+        continue;
+      }
       const Option* o = FindOption(table, key_name);
       if (o == nullptr)
         return fail(Invalid(absl::StrCat(table, ".", key_name),
@@ -484,8 +579,38 @@ std::string ConfigToToml(const DaemonConfig& c) {
   absl::StrAppend(&out, "shutdown_deadline = ", Quote(FormatDuration(c.shutdown_deadline_ms)),
                   "\n");
   absl::StrAppend(&out, "max_regions = ", c.max_regions, "\n");
+  absl::StrAppend(&out, "unix_socket = ", Quote(c.unix_socket), "\n");
+  absl::StrAppend(&out, "unix_socket_mode = ", Quote(c.unix_socket_mode), "\n");
+  absl::StrAppend(&out, "reflection = ", c.reflection ? "true" : "false", "\n");
+  absl::StrAppend(&out, "\n[auth]\n");
+  absl::StrAppend(&out, "tokens_file = ", Quote(c.tokens_file), "\n");
+  absl::StrAppend(&out, "insecure = ", c.insecure ? "true" : "false", "\n");
+  absl::StrAppend(&out, "\n[tls]\n");
+  absl::StrAppend(&out, "cert_file = ", Quote(c.tls_cert_file), "\n");
+  absl::StrAppend(&out, "key_file = ", Quote(c.tls_key_file), "\n");
+  absl::StrAppend(&out, "client_ca_file = ", Quote(c.tls_client_ca_file), "\n");
+  absl::StrAppend(&out, "require_client_cert = ", c.tls_require_client_cert ? "true" : "false",
+                  "\n");
+  absl::StrAppend(&out, "reload_interval = ", Quote(FormatDuration(c.tls_reload_interval_ms)),
+                  "\n");
+  absl::StrAppend(&out, "\n[quotas]\n");
+  absl::StrAppend(&out, "namespace_bytes = ", Quote(FormatSize(c.namespace_quota_bytes)), "\n");
+  absl::StrAppend(&out, "namespace_regions = ", c.namespace_max_regions, "\n");
+  if (!c.namespace_quotas.empty()) {
+    absl::StrAppend(&out, "\n[quotas.namespaces]\n");
+    for (const auto& [ns, q] : c.namespace_quotas)
+      absl::StrAppend(&out, Quote(ns), " = { bytes = ", Quote(FormatSize(q.bytes)),
+                      ", regions = ", q.regions, " }\n");
+  }
   absl::StrAppend(&out, "\n[metrics]\n");
   absl::StrAppend(&out, "listen = ", Quote(c.metrics_listen), "\n");
+  absl::StrAppend(&out, "bearer_token_sha256 = ", Quote(c.metrics_bearer_token_sha256), "\n");
+  absl::StrAppend(&out, "basic_auth_user = ", Quote(c.metrics_basic_auth_user), "\n");
+  absl::StrAppend(&out, "basic_auth_password_sha256 = ",
+                  Quote(c.metrics_basic_auth_password_sha256), "\n");
+  absl::StrAppend(&out, "tls_cert_file = ", Quote(c.metrics_tls_cert_file), "\n");
+  absl::StrAppend(&out, "tls_key_file = ", Quote(c.metrics_tls_key_file), "\n");
+  absl::StrAppend(&out, "top_namespaces = ", c.metrics_top_namespaces, "\n");
   absl::StrAppend(&out, "fidelity_probe_every = ", c.fidelity_probe_every, "\n");
   absl::StrAppend(&out, "\n[host]\n");
   absl::StrAppend(&out, "capacity = ", Quote(FormatSize(c.host_capacity_bytes)), "\n");
@@ -510,6 +635,24 @@ std::string ConfigToToml(const DaemonConfig& c) {
 }
 
 // --- Validation -------------------------------------------------------------------------
+
+bool IsLoopback(absl::string_view host) {
+  if (host == "localhost" || host == "[::1]" || host == "::1") return true;
+  return host.size() > 4 && host.substr(0, 4) == "127." &&
+         host.find_first_not_of("0123456789.") == absl::string_view::npos;
+}
+
+absl::StatusOr<uint32_t> ParseMode(absl::string_view text) {
+  const absl::string_view t = Trim(text);
+  if (t.empty() || t.size() > 4) return absl::InvalidArgumentError("not an octal mode");
+  uint32_t mode = 0;
+  for (char ch : t) {
+    if (ch < '0' || ch > '7') return absl::InvalidArgumentError("not an octal mode");
+    mode = mode * 8 + static_cast<uint32_t>(ch - '0');
+  }
+  if (mode > 0777) return absl::InvalidArgumentError("not an octal mode");
+  return mode;
+}
 
 absl::Status ValidateConfig(const DaemonConfig& c) {
   if (absl::StatusOr<HostPort> hp = SplitHostPort(c.listen); !hp.ok())
@@ -560,6 +703,65 @@ absl::Status ValidateConfig(const DaemonConfig& c) {
       if (c.gpu_devices[i] == c.gpu_devices[j])
         return Invalid("gpu.devices (--gpu-devices)",
                        absl::StrCat("device ", c.gpu_devices[i], " is listed twice"));
+  if (!c.unix_socket.empty() && (c.unix_socket.front() != '/' || c.unix_socket.size() > 107))
+    return Invalid("server.unix_socket (--unix-socket)",
+                   absl::StrCat(Quote(c.unix_socket),
+                                " is not an absolute path of at most 107 bytes"));
+  if (!ParseMode(c.unix_socket_mode).ok())
+    return Invalid("server.unix_socket_mode (--unix-socket-mode)",
+                   absl::StrCat(Quote(c.unix_socket_mode), " is not an octal mode like 0660"));
+  if (c.tls_cert_file.empty() != c.tls_key_file.empty())
+    return Invalid(c.tls_cert_file.empty() ? "tls.cert_file (--tls-cert)" : "tls.key_file (--tls-key)",
+                   "TLS needs both the certificate and the key");
+  if (!c.tls_client_ca_file.empty() && c.tls_cert_file.empty())
+    return Invalid("tls.client_ca_file (--tls-client-ca)",
+                   "client certificates need TLS: set tls.cert_file and tls.key_file too");
+  if (c.tls_require_client_cert && c.tls_client_ca_file.empty())
+    return Invalid("tls.require_client_cert (--tls-require-client-cert)",
+                   "needs tls.client_ca_file to verify client certificates against");
+  if (c.tls_reload_interval_ms < 1000 || c.tls_reload_interval_ms > kMaxShutdownDeadlineMs * 24)
+    return Invalid("tls.reload_interval (--tls-reload-interval)",
+                   absl::StrCat(FormatDuration(c.tls_reload_interval_ms),
+                                " is outside [1s, 24h]"));
+  if (c.namespace_max_regions > kMaxRegions)
+    return Invalid("quotas.namespace_regions (--namespace-regions)",
+                   absl::StrCat(c.namespace_max_regions, " is above ", kMaxRegions));
+  for (const auto& [ns, q] : c.namespace_quotas) {
+    if (ns.empty() || ns.size() > 256)
+      return Invalid("quotas.namespaces", absl::StrCat(Quote(ns), " is not a namespace (1 to 256 bytes)"));
+    if (q.bytes != 0 && q.bytes < c.page_bytes)
+      return Invalid(absl::StrCat("quotas.namespaces.", Quote(ns), ".bytes"),
+                     absl::StrCat(q.bytes, " bytes is less than one page (", c.page_bytes, ")"));
+  }
+  if (c.namespace_quota_bytes != 0 && c.namespace_quota_bytes < c.page_bytes)
+    return Invalid("quotas.namespace_bytes (--namespace-quota)",
+                   absl::StrCat(c.namespace_quota_bytes, " bytes is less than one page (",
+                                c.page_bytes, "); 0 = no limit"));
+  for (const auto& [value, option] :
+       {std::pair{&c.metrics_bearer_token_sha256, "metrics.bearer_token_sha256 (--metrics-token-sha256)"},
+        {&c.metrics_basic_auth_password_sha256,
+         "metrics.basic_auth_password_sha256 (--metrics-basic-password-sha256)"}}) {
+    if (!value->empty() && (value->size() != 64 || value->find_first_not_of("0123456789abcdefABCDEF") !=
+                                                      std::string::npos))
+      return Invalid(option, "not 64 hex digits (a SHA-256: printf %s \"$SECRET\" | sha256sum)");
+  }
+  if (c.metrics_basic_auth_user.empty() != c.metrics_basic_auth_password_sha256.empty())
+    return Invalid("metrics.basic_auth_user (--metrics-basic-user)",
+                   "basic authentication needs both the user and the password hash");
+  if (c.metrics_tls_cert_file.empty() != c.metrics_tls_key_file.empty())
+    return Invalid("metrics.tls_cert_file (--metrics-tls-cert)",
+                   "TLS needs both the certificate and the key");
+  if (c.metrics_top_namespaces > 1024)
+    return Invalid("metrics.top_namespaces (--metrics-top-namespaces)",
+                   absl::StrCat(c.metrics_top_namespaces, " is above 1024"));
+  if (c.tokens_file.empty() && !c.insecure) {
+    if (absl::StatusOr<HostPort> hp = SplitHostPort(c.listen); hp.ok() && !IsLoopback(hp->host))
+      return Invalid("server.listen (--listen)",
+                     absl::StrCat(Quote(c.listen),
+                                  " is reachable from other hosts and authentication is off: "
+                                  "set auth.tokens_file (docs/security.md), listen on "
+                                  "127.0.0.1 or a Unix socket, or pass --insecure"));
+  }
   bool level_ok = false;
   for (const char* l : kLogLevels) level_ok |= c.log_level == l;
   if (!level_ok)
@@ -581,11 +783,18 @@ absl::StatusOr<CommandLine> ParseCommandLine(int argc, const char* const* argv) 
   app.add_option("--config", config_path, "TOML file with options (see deploy/kvstashd.toml)")
       ->type_name("PATH");
   app.add_flag("--print-config", print_config, "print the effective configuration and exit");
+  bool new_token = false;
+  app.add_flag("--new-token", new_token,
+               "print a new random bearer token and the token_sha256 line for the tokens "
+               "file, and exit");
   std::string values[std::size(kOptions)];
   CLI::Option* flags[std::size(kOptions)];
-  for (size_t i = 0; i < std::size(kOptions); ++i)
+  for (size_t i = 0; i < std::size(kOptions); ++i) {
     flags[i] = app.add_option(kOptions[i].flag, values[i], kOptions[i].help)
                    ->type_name(kOptions[i].type_name);
+    // "--insecure" alone means "--insecure true".
+    if (kOptions[i].kind == Kind::kBool) flags[i]->expected(0, 1);
+  }
 
   CommandLine out;
   try {
@@ -604,6 +813,10 @@ absl::StatusOr<CommandLine> ParseCommandLine(int argc, const char* const* argv) 
                                                    " (see --help)"));
   }
 
+  if (new_token) {
+    out.new_token = true;
+    return out;
+  }
   DaemonConfig config;
   // Unset until the file or a flag sets it; then resolved against server.listen below.
   config.metrics_listen.clear();

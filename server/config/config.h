@@ -7,6 +7,7 @@
 #define KVSTASH_SERVER_CONFIG_CONFIG_H_
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 #include "absl/strings/string_view.h"
@@ -15,6 +16,13 @@
 #include "absl/status/statusor.h"
 
 namespace kvstash::config {
+
+// A namespace's own limits ([quotas.namespaces] in the file; 0 = the defaults).
+struct NamespaceQuota {
+  uint64_t bytes = 0;    // pool bytes (whole pages, every tier); 0 = quotas.namespace_bytes
+  uint32_t regions = 0;  // regions registered at once; 0 = quotas.namespace_regions
+  bool operator==(const NamespaceQuota&) const = default;
+};
 
 struct DaemonConfig {
   // [server] listen / --listen: HOST:PORT to serve gRPC on; port 0 picks a free port.
@@ -36,11 +44,71 @@ struct DaemonConfig {
   // [server] max_regions / --max-regions: shared-memory regions registered at once, all
   // clients together (RegisterRegion; docs/api.md). 0 = none accepted. Default 256.
   uint32_t max_regions = 256;
+  // [server] unix_socket / --unix-socket: also serve gRPC on this Unix domain socket
+  // (clients use the target "unix:PATH"); each connection's peer uid (SO_PEERCRED) may
+  // map to a tenant (docs/security.md). "" = none. Default "".
+  std::string unix_socket;
+  // [server] unix_socket_mode / --unix-socket-mode: octal permissions of the socket file.
+  // Default "0660".
+  std::string unix_socket_mode = "0660";
+  // [server] reflection / --reflection: serve gRPC server reflection (for grpcurl). It
+  // describes the API only, but is off unless asked for. Default false.
+  bool reflection = false;
+  // [auth] tokens_file / --tokens-file: the tenants, their token hashes, uids, certificate
+  // names, namespaces and rights (docs/security.md); reloaded on SIGHUP. "" =
+  // authentication off, allowed only when server.listen is a loopback address (or with
+  // auth.insecure). Default "".
+  std::string tokens_file;
+  // [auth] insecure / --insecure: allow serving a non-loopback address without
+  // authentication (logged as a warning). Default false.
+  bool insecure = false;
+  // [tls] cert_file, key_file / --tls-cert, --tls-key: PEM server certificate chain and
+  // private key; both set = TLS on the gRPC port. Files are re-read every
+  // tls.reload_interval, so renewed certificates need no restart. Default "" (no TLS).
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  // [tls] client_ca_file / --tls-client-ca: PEM CA bundle that client certificates must
+  // chain to (mutual TLS); a verified client certificate's CN or SAN may map to a tenant.
+  // Default "" (client certificates not requested).
+  std::string tls_client_ca_file;
+  // [tls] require_client_cert / --tls-require-client-cert: refuse TLS handshakes without
+  // a valid client certificate. Needs client_ca_file. Default false.
+  bool tls_require_client_cert = false;
+  // [tls] reload_interval / --tls-reload-interval: how often the certificate files are
+  // checked for changes. Default 60s.
+  uint64_t tls_reload_interval_ms = 60'000;
+  // [quotas] namespace_bytes / --namespace-quota: pool bytes (whole pages, every tier) one
+  // namespace may hold; at its quota a namespace evicts its own chunks, and a chunk that
+  // cannot fit is RESOURCE_EXHAUSTED. 0 = no per-namespace limit. Default 0.
+  uint64_t namespace_quota_bytes = 0;
+  // [quotas] namespace_regions / --namespace-regions: regions one namespace may have
+  // registered at once. 0 = only server.max_regions applies. Default 0.
+  uint32_t namespace_max_regions = 0;
+  // [quotas.namespaces] "NAME" = { bytes = SIZE, regions = N }: per-namespace overrides
+  // (file only). Default none.
+  std::map<std::string, NamespaceQuota> namespace_quotas;
   // [metrics] listen / --metrics-listen: HOST:PORT of the HTTP endpoint (/metrics,
   // /healthz, /readyz); port 0 picks a free port, printed as "kvstashd metrics on
   // HOST:PORT". When neither the file nor a flag sets it, "127.0.0.1:7451", or
   // "127.0.0.1:0" when server.listen has port 0 (so that ephemeral daemons never collide).
   std::string metrics_listen = "127.0.0.1:7451";
+  // [metrics] bearer_token_sha256 / --metrics-token-sha256: hex SHA-256 of a bearer token
+  // that /metrics then requires ("Authorization: Bearer <token>"); /healthz and /readyz
+  // stay open for probes. "" = none. Default "".
+  std::string metrics_bearer_token_sha256;
+  // [metrics] basic_auth_user, basic_auth_password_sha256 / --metrics-basic-user,
+  // --metrics-basic-password-sha256: HTTP basic authentication of /metrics (the password
+  // as hex SHA-256); both or neither. Default "".
+  std::string metrics_basic_auth_user;
+  std::string metrics_basic_auth_password_sha256;
+  // [metrics] tls_cert_file, tls_key_file / --metrics-tls-cert, --metrics-tls-key: serve
+  // the HTTP endpoint over TLS (needs a civetweb that can load OpenSSL 3; Debian 12's
+  // cannot, and the daemon then refuses to start: see docs/security.md). Default "".
+  std::string metrics_tls_cert_file;
+  std::string metrics_tls_key_file;
+  // [metrics] top_namespaces / --metrics-top-namespaces: namespaces exported by name in the
+  // per-namespace metrics (largest first); the rest are summed as "__other__". Default 16.
+  uint32_t metrics_top_namespaces = 16;
   // [metrics] fidelity_probe_every / --fidelity-probe-every: decode every Nth successful
   // Put again after replying and record its relative error; 0 = never. Default 64.
   uint32_t fidelity_probe_every = 64;
@@ -87,6 +155,7 @@ struct DaemonConfig {
 struct CommandLine {
   DaemonConfig config;          // defaults <- file (--config) <- flags, validated
   bool print_config = false;    // --print-config: print ConfigToToml(config), exit 0
+  bool new_token = false;       // --new-token: print a random token and its hash, exit 0
   std::string help;             // --help/--version: print this, exit 0 (empty otherwise)
 };
 
@@ -98,6 +167,11 @@ absl::StatusOr<CommandLine> ParseCommandLine(int argc, const char* const* argv);
 // Unknown keys and values of the wrong type or form are InvalidArgument naming the key.
 absl::StatusOr<DaemonConfig> ApplyToml(const DaemonConfig& base, absl::string_view text,
                                        absl::string_view origin);
+
+// Whether `host` (as in SplitHostPort) is a loopback address: 127.0.0.0/8, ::1, localhost.
+bool IsLoopback(absl::string_view host);
+// An octal permission mode such as "0660"; InvalidArgument otherwise.
+absl::StatusOr<uint32_t> ParseMode(absl::string_view text);
 
 // InvalidArgument naming the first option outside its allowed range.
 absl::Status ValidateConfig(const DaemonConfig& config);

@@ -132,6 +132,40 @@ inline constexpr MetricDef kGpuFallbacks{
     "Puts meant for a GPU stored in the host tier instead (device pool full of pinned "
     "chunks, or unhealthy)."};
 
+// --- Per namespace (collected from Store::PerNamespaceStats() at scrape time) ------------
+// Label kv_namespace: the StoreCollector's top_namespaces namespaces by allocated bytes, by
+// name, and one series kv_namespace="__other__" summing every other namespace, so the
+// number of series stays bounded whatever namespaces clients use. (Not "namespace": that
+// label is the Kubernetes namespace Prometheus attaches to every scraped series.)
+inline constexpr std::string_view kOtherNamespace = "__other__";
+inline constexpr MetricDef kNamespaces{
+    "kvstash_namespaces", MetricType::kGauge, "",
+    "Namespaces the store accounts for: those holding chunks, plus recently emptied ones "
+    "(at most 1024 of those)."};
+inline constexpr MetricDef kNamespaceChunks{
+    "kvstash_namespace_chunks", MetricType::kGauge, "kv_namespace",
+    "Chunks a namespace holds, all tiers (kv_namespace=__other__: every namespace outside "
+    "the top N by allocated bytes)."};
+inline constexpr MetricDef kNamespaceAllocatedBytes{
+    "kvstash_namespace_allocated_bytes", MetricType::kGauge, "kv_namespace",
+    "Bytes of pool pages charged to a namespace, host and GPU tiers: what its quota "
+    "limits."};
+inline constexpr MetricDef kNamespaceStoredBytes{
+    "kvstash_namespace_stored_bytes", MetricType::kGauge, "kv_namespace",
+    "Encoded bytes of a namespace's chunks."};
+inline constexpr MetricDef kNamespaceLogicalBytes{
+    "kvstash_namespace_logical_bytes", MetricType::kGauge, "kv_namespace",
+    "16-bit payload bytes of a namespace's chunks."};
+inline constexpr MetricDef kNamespaceQuotaBytes{
+    "kvstash_namespace_quota_bytes", MetricType::kGauge, "kv_namespace",
+    "A namespace's quota in bytes of pool pages; 0 = none. Only for namespaces listed by "
+    "name."};
+inline constexpr MetricDef kNamespaceEvictions{
+    "kvstash_namespace_evictions_total", MetricType::kCounter, "kv_namespace,reason",
+    "A namespace's chunks evicted: reason=quota to keep it within its own quota, "
+    "reason=capacity because a pool was full. Series of __other__ drop when a namespace "
+    "enters the top N or is forgotten."};
+
 // Every definition above, in catalog order.
 inline constexpr MetricDef kCatalog[] = {
     kBuildInfo,      kReady,          kRequestsInFlight, kRegisteredRegions, kRequests,
@@ -140,7 +174,9 @@ inline constexpr MetricDef kCatalog[] = {
     kTierCapacity,   kTierUsed,       kTierChunks,       kTierHealthy,       kPageBytes,
     kChunks,         kLogicalBytes,   kStoredBytes,      kStoredElements,    kEquivalentBits,
     kTrueBits,       kHits,           kMisses,           kChunksPut,         kChunksDeleted,
-    kEvictions,      kDemotions,      kPromotions,       kGpuFallbacks,
+    kEvictions,      kDemotions,      kPromotions,       kGpuFallbacks,      kNamespaces,
+    kNamespaceChunks, kNamespaceAllocatedBytes, kNamespaceStoredBytes, kNamespaceLogicalBytes,
+    kNamespaceQuotaBytes, kNamespaceEvictions,
 };
 
 }  // namespace kvstash::metrics

@@ -1,5 +1,6 @@
 #include "server/metrics/metrics.h"
 
+#include <algorithm>
 #include <cassert>
 #include <iterator>
 #include <sstream>
@@ -67,6 +68,95 @@ class FamilyBuilder {
  private:
   std::vector<MetricFamily> families_;
 };
+
+// A namespace as a label value: the text format wants UTF-8, and the store takes any
+// bytes (gRPC strings are UTF-8 already), so invalid bytes become U+FFFD.
+std::string LabelValue(std::string_view name) {
+  std::string out;
+  out.reserve(name.size());
+  size_t i = 0;
+  while (i < name.size()) {
+    const auto c = static_cast<unsigned char>(name[i]);
+    const size_t len = c < 0x80            ? 1
+                       : (c >> 5) == 0x6   ? 2
+                       : (c >> 4) == 0xE   ? 3
+                       : (c >> 3) == 0x1E  ? 4
+                                           : 0;
+    bool ok = len > 0 && i + len <= name.size();
+    for (size_t k = 1; ok && k < len; ++k) {
+      ok = (static_cast<unsigned char>(name[i + k]) & 0xC0) == 0x80;
+    }
+    if (ok) {
+      out.append(name.substr(i, len));
+      i += len;
+    } else {
+      out.append("\xEF\xBF\xBD");
+      ++i;
+    }
+  }
+  return out;
+}
+
+// The per-namespace families: the top `options.top_namespaces` by allocated bytes by name,
+// the rest summed into kOtherNamespace.
+void AddNamespaceFamilies(FamilyBuilder& b, const std::vector<store::NamespaceStats>& all,
+                          const StoreCollectorOptions& options) {
+  MetricFamily& chunks = b.Family(kNamespaceChunks);
+  MetricFamily& allocated = b.Family(kNamespaceAllocatedBytes);
+  MetricFamily& stored = b.Family(kNamespaceStoredBytes);
+  MetricFamily& logical = b.Family(kNamespaceLogicalBytes);
+  MetricFamily& quota = b.Family(kNamespaceQuotaBytes);
+  MetricFamily& evictions = b.Family(kNamespaceEvictions);
+  std::vector<const store::NamespaceStats*> order;
+  order.reserve(all.size());
+  for (const store::NamespaceStats& n : all) order.push_back(&n);
+  const size_t top =
+      std::min(order.size(), static_cast<size_t>(std::max(options.top_namespaces, 0)));
+  // A real namespace spelled like the bucket is never listed by name (it would duplicate
+  // the bucket's series); it is summed into the bucket.
+  const auto before = [](const store::NamespaceStats* a, const store::NamespaceStats* c) {
+    const bool a_other = a->name == kOtherNamespace, c_other = c->name == kOtherNamespace;
+    if (a_other != c_other) return c_other;
+    if (a->allocated_bytes != c->allocated_bytes) return a->allocated_bytes > c->allocated_bytes;
+    return a->name < c->name;
+  };
+  std::partial_sort(order.begin(), order.begin() + top, order.end(), before);
+  store::NamespaceStats other;
+  for (size_t i = 0; i < order.size(); ++i) {
+    const store::NamespaceStats& n = *order[i];
+    if (i >= top || n.name == kOtherNamespace) {
+      other.chunks += n.chunks;
+      other.allocated_bytes += n.allocated_bytes;
+      other.stored_bytes += n.stored_bytes;
+      other.logical_bytes += n.logical_bytes;
+      other.quota_evictions += n.quota_evictions;
+      other.capacity_evictions += n.capacity_evictions;
+      continue;
+    }
+    const std::string label = LabelValue(n.name);
+    FamilyBuilder::Add(quota, {{"kv_namespace", label}}, static_cast<double>(n.quota_bytes));
+    FamilyBuilder::Add(chunks, {{"kv_namespace", label}}, static_cast<double>(n.chunks));
+    FamilyBuilder::Add(allocated, {{"kv_namespace", label}},
+                       static_cast<double>(n.allocated_bytes));
+    FamilyBuilder::Add(stored, {{"kv_namespace", label}}, static_cast<double>(n.stored_bytes));
+    FamilyBuilder::Add(logical, {{"kv_namespace", label}}, static_cast<double>(n.logical_bytes));
+    FamilyBuilder::Add(evictions, {{"kv_namespace", label}, {"reason", "quota"}},
+                       static_cast<double>(n.quota_evictions));
+    FamilyBuilder::Add(evictions, {{"kv_namespace", label}, {"reason", "capacity"}},
+                       static_cast<double>(n.capacity_evictions));
+  }
+  const std::string label(kOtherNamespace);
+  FamilyBuilder::Add(chunks, {{"kv_namespace", label}}, static_cast<double>(other.chunks));
+  FamilyBuilder::Add(allocated, {{"kv_namespace", label}},
+                     static_cast<double>(other.allocated_bytes));
+  FamilyBuilder::Add(stored, {{"kv_namespace", label}}, static_cast<double>(other.stored_bytes));
+  FamilyBuilder::Add(logical, {{"kv_namespace", label}},
+                     static_cast<double>(other.logical_bytes));
+  FamilyBuilder::Add(evictions, {{"kv_namespace", label}, {"reason", "quota"}},
+                     static_cast<double>(other.quota_evictions));
+  FamilyBuilder::Add(evictions, {{"kv_namespace", label}, {"reason", "capacity"}},
+                     static_cast<double>(other.capacity_evictions));
+}
 
 }  // namespace
 
@@ -225,7 +315,9 @@ void Metrics::SetReady(bool ready) { ready_->Set(ready ? 1 : 0); }
 
 // --- The store collector ----------------------------------------------------------------
 
-std::vector<MetricFamily> StoreFamilies(const store::StoreStats& s) {
+std::vector<MetricFamily> StoreFamilies(const store::StoreStats& s,
+                                        const std::vector<store::NamespaceStats>& namespaces,
+                                        const StoreCollectorOptions& options) {
   FamilyBuilder b;
   const auto d = [](double v) { return v; };
   MetricFamily& capacity = b.Family(kTierCapacity);
@@ -264,10 +356,14 @@ std::vector<MetricFamily> StoreFamilies(const store::StoreStats& s) {
   FamilyBuilder::Add(b.Family(kDemotions), {{"tier", "gpu"}}, d(s.demotions));
   FamilyBuilder::Add(b.Family(kPromotions), {{"tier", "gpu"}}, d(s.promotions));
   FamilyBuilder::Add(b.Family(kGpuFallbacks), {}, d(s.gpu_fallbacks));
+  FamilyBuilder::Add(b.Family(kNamespaces), {}, d(static_cast<double>(namespaces.size())));
+  AddNamespaceFamilies(b, namespaces, options);
   return b.Take();
 }
 
-std::vector<MetricFamily> StoreCollector::Collect() const { return StoreFamilies(store_->Stats()); }
+std::vector<MetricFamily> StoreCollector::Collect() const {
+  return StoreFamilies(store_->Stats(), store_->PerNamespaceStats(), options_);
+}
 
 std::string SerializeText(
     const std::vector<std::shared_ptr<prometheus::Collectable>>& collectables) {

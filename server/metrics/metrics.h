@@ -119,21 +119,33 @@ class Metrics {
   std::map<std::string, PresetBits, std::less<>> preset_bits_ ABSL_GUARDED_BY(mu_);
 };
 
+struct StoreCollectorOptions {
+  // Namespaces exported by name in the per-namespace families, those with the most
+  // allocated bytes; every other namespace is summed into kv_namespace="__other__".
+  // Bounds those families at top_namespaces + 1 series each (catalog.h). Default 16.
+  int top_namespaces = 16;
+};
+
 // Reads the store's state on every scrape: per-tier capacity, use and chunks, logical vs
-// stored bytes, bits per element, hits/misses, evictions, demotions and promotions.
+// stored bytes, bits per element, hits/misses, evictions, demotions and promotions, and
+// per namespace (the top N by allocated bytes, plus "__other__").
 // `store` is not owned and must outlive every Collect call (unregister or stop the HTTP
 // server before destroying the store).
 class StoreCollector final : public prometheus::Collectable {
  public:
-  explicit StoreCollector(const store::Store* store) : store_(store) {}
+  explicit StoreCollector(const store::Store* store, StoreCollectorOptions options = {})
+      : store_(store), options_(options) {}
   std::vector<prometheus::MetricFamily> Collect() const override;
 
  private:
   const store::Store* const store_;
+  const StoreCollectorOptions options_;
 };
 
-// The families of `stats` as StoreCollector exports them (for tests).
-std::vector<prometheus::MetricFamily> StoreFamilies(const store::StoreStats& stats);
+// The families of `stats` and `namespaces` as StoreCollector exports them (for tests).
+std::vector<prometheus::MetricFamily> StoreFamilies(
+    const store::StoreStats& stats, const std::vector<store::NamespaceStats>& namespaces = {},
+    const StoreCollectorOptions& options = {});
 
 // Serializes every family of `collectables` in the Prometheus text format 0.0.4.
 std::string SerializeText(

@@ -52,6 +52,14 @@ absl::StatusOr<ResolvedPaged> ResolvePaged(RegionRegistry* regions, std::string_
                                            uint64_t tokens, uint32_t heads, uint32_t head_dim,
                                            const std::string& field);
 
+// What of `paged` can be checked without the chunks' geometry, for a Get that found no
+// key (nothing will be written, but a malformed layout or a region the caller does not
+// own is an error all the same): a positive, even number of planes, block_size,
+// first_slot, the strides' alignment, and each plane's offset, ownership and range
+// (Acquire). Errors as ResolvePaged's; block_ids are not counted (no token is placed).
+absl::Status CheckPagedRefs(RegionRegistry* regions, std::string_view ns,
+                            const v1::PagedLayout& paged, const std::string& field);
+
 // Host copies between a shared-memory paged cache and the contiguous [layers][2][T][rows]
 // layout of `window` (from ResolvedPaged::Window, shared memory only): one memcpy per token
 // when its heads are adjacent (head_stride = head_dim·2), else one per head.

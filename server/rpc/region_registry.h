@@ -14,11 +14,16 @@
 // Unregister or expiry during a request only removes the region from the index, and the
 // mapping is unmapped when the last pin is dropped.
 //
-// Residual race (documented, not prevented): the file's size is checked with fstat before
-// every use, but a client that truncates the file *while* a request reads or writes the
-// range makes the daemon touch unbacked pages (SIGBUS). Clients must not truncate a
-// registered region; its owner is the only one who can (the file must be owned by the
-// daemon's user, mode set by the client).
+// Faults: Register reserves the file's pages (fallocate), so a /dev/shm short of room fails
+// the registration (ResourceExhausted) instead of a later access. A client that truncates
+// (or hole-punches) a registered file anyway makes the daemon touch unbacked pages, which
+// raises SIGBUS. A process-wide handler, installed by the first RegionRegistry, catches a
+// SIGBUS whose address lies in a live shared-memory mapping: it maps a private zero page
+// over the lost page (the access completes, reading zeros or writing nowhere) and marks the
+// region faulted. Requests check RegionPin::faulted() after touching a region and fail with
+// FailedPrecondition; a Put never stores a payload read from a faulted region, and a
+// faulted region is refused by Acquire from then on. A SIGBUS anywhere else gets the
+// previous disposition (by default: the process dies). See docs/api.md.
 //
 // Thread-safe: every method may be called concurrently.
 #ifndef KVSTASH_SERVER_RPC_REGION_REGISTRY_H_
@@ -50,7 +55,15 @@ struct RegionOptions {
   uint32_t default_lease_seconds = 300;
   // Longest lease granted; longer requests are cut to it. Default 3600 s.
   uint32_t max_lease_seconds = 3600;
-  // Directory every region must resolve into (after realpath). Default "/dev/shm".
+  // Regions one namespace may have registered at once; more → ResourceExhausted naming the
+  // namespace. 0 = no limit beyond max_regions. Default 0.
+  uint32_t max_regions_per_namespace = 0;
+  // Per-namespace overrides of max_regions_per_namespace (0 = no limit beyond
+  // max_regions). Default empty.
+  std::map<std::string, uint32_t> namespace_max_regions;
+  // Directory every region path must name a file beneath: the path must start with
+  // root + "/", and is opened relative to it without following any symbolic link or
+  // leaving it. Default "/dev/shm".
   std::string root = "/dev/shm";
 };
 
@@ -64,6 +77,14 @@ namespace internal {
 struct Region;
 }
 
+// Opens `relative` (a path relative to the directory `root_fd`, e.g. "a/b") with `flags`
+// beneath that directory: no component may be a symbolic link or ".." out of it. Uses
+// openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS); where the kernel lacks openat2 (ENOSYS),
+// or when `use_openat2` is false (tests), walks the components one openat at a time, each
+// O_NOFOLLOW relative to the directory opened before it. Returns the descriptor, or -errno:
+// ELOOP (a symbolic link), EXDEV (".." leaving the root), ENOENT, ENOTDIR, EISDIR, EACCES...
+int OpenBeneath(int root_fd, std::string_view relative, int flags, bool use_openat2 = true);
+
 // A pinned byte range of a registered region; keeps the mapping alive while held.
 // Move-only.
 class RegionPin {
@@ -75,6 +96,13 @@ class RegionPin {
   uint64_t size() const { return size_; }
   bool on_device() const { return tier_ >= 0; }
   int tier() const { return tier_; }  // the store's GPU tier of a CUDA IPC region, else -1
+  // Whether an access to the region's mapping has hit a page its file no longer backs
+  // (SIGBUS; see the header comment). Sticky. Always false for CUDA IPC and empty pins.
+  bool faulted() const;
+  // OK, or FailedPrecondition naming `field` (e.g. "chunks[2].data_region") when faulted():
+  // whatever was read from or written to the region by this request is not what the file
+  // holds. Call after the request's last access to the mapping.
+  absl::Status CheckNotFaulted(std::string_view field) const;
 
  private:
   std::shared_ptr<internal::Region> region_;
@@ -106,11 +134,15 @@ class RegionRegistry {
   RegionRegistry(const RegionRegistry&) = delete;
   RegionRegistry& operator=(const RegionRegistry&) = delete;
 
-  // Opens `path` (O_RDWR|O_NOFOLLOW), checks it (absolute, resolves under options.root, a
-  // regular file of the daemon's user, at least `size` bytes) and maps `size` bytes.
-  // InvalidArgument (ns empty, path not absolute or outside the root, size 0), NotFound (no
-  // such file), PermissionDenied (another user's file, or not openable), FailedPrecondition
-  // (not a regular file, shorter than size), ResourceExhausted (max_regions reached).
+  // Checks `path` lexically (absolute, no NUL byte, options.root + "/" followed by a
+  // relative path) before touching the file system, opens it O_RDWR beneath the root
+  // (OpenBeneath), checks it (a regular file of the daemon's user, at least `size` bytes),
+  // reserves its first `size` bytes (fallocate) and maps them. InvalidArgument (ns empty,
+  // size 0, path not absolute, holding a NUL byte or not under the root, a symbolic link
+  // in any component, ".." leaving the root), NotFound (no such file under the root),
+  // PermissionDenied (another user's file, or not openable), FailedPrecondition (not a
+  // regular file, e.g. a directory; shorter than size), ResourceExhausted (max_regions or
+  // the namespace's limit reached; no room to reserve the pages; mmap failed).
   absl::StatusOr<Registered> Register(std::string_view ns, std::string_view path,
                                       uint64_t size, uint32_t lease_seconds);
   // Registers a CUDA IPC buffer: `handle` (cudaIpcMemHandle_t bytes) of the device with
@@ -130,7 +162,8 @@ class RegionRegistry {
   // Pins [offset, offset + length) of the region for one request. `field` (e.g.
   // "chunks[2].data_region") prefixes every message. NotFound (unknown or expired id),
   // PermissionDenied (wrong token or namespace), InvalidArgument (range outside the
-  // region), FailedPrecondition (the file was truncated below the mapped size).
+  // region), FailedPrecondition (the file was truncated below the mapped size, or an
+  // earlier request faulted on it).
   absl::StatusOr<RegionPin> Acquire(std::string_view ns, uint64_t region_id,
                                     std::string_view token, uint64_t offset, uint64_t length,
                                     std::string_view field);
@@ -150,9 +183,16 @@ class RegionRegistry {
                                                                std::string_view field)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  // Gives `region` an id and a lease and indexes it. ResourceExhausted at max_regions.
+  // Gives `region` an id and a lease and indexes it. ResourceExhausted at max_regions or
+  // at the limit of the region's namespace.
   absl::StatusOr<Registered> Insert(std::shared_ptr<internal::Region> region,
                                     uint32_t lease_seconds);
+  // ResourceExhausted when one more region would exceed max_regions or ns's limit.
+  absl::Status CheckRoomLocked(std::string_view ns) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Removes an indexed region (the index's reference) and its namespace's count.
+  std::map<uint64_t, std::shared_ptr<internal::Region>>::iterator EraseLocked(
+      std::map<uint64_t, std::shared_ptr<internal::Region>>::iterator it)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const RegionOptions options_;
   store::Store* const store_;
@@ -161,6 +201,7 @@ class RegionRegistry {
   mutable absl::Mutex mu_;
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   std::map<uint64_t, std::shared_ptr<internal::Region>> regions_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, uint32_t, std::less<>> per_namespace_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace kvstash::rpc

@@ -5,6 +5,8 @@
 #include <cctype>
 #include <cmath>
 #include <cstring>
+#include <memory>
+#include <new>
 #include <optional>
 #include <span>
 #include <string>
@@ -12,6 +14,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "google/protobuf/io/coded_stream.h"
 #include "kvstash/kernels/codec.h"
 #include "kvstash/kernels/format.h"
 #include "kvstash/kernels/half.h"
@@ -30,10 +33,6 @@ namespace {
 using kernels::ChunkShape;
 using kernels::CodecConfig;
 using kernels::DType;
-
-// Bytes a GetResult takes on the wire besides its data: key, found, info, dtype and field
-// framing come to ~170 bytes; rounded up so the pre-check is never optimistic.
-constexpr uint64_t kGetResultOverheadBytes = 256;
 
 // fmt cannot format absl::string_view (not absl::string_view in this Abseil).
 std::string Str(absl::string_view s) { return std::string(s); }
@@ -232,6 +231,42 @@ absl::StatusOr<RegionPin> PinRef(RegionRegistry* regions, std::string_view ns,
 
 constexpr uint64_t AlignUp64(uint64_t x) { return (x + 63) & ~uint64_t{63}; }
 
+// Wire bytes of a length-delimited field of `n` bytes whose tag takes one byte (field
+// numbers below 16, as every GetResponse and GetResult field).
+uint64_t FramedBytes(uint64_t n) {
+  return 1 + google::protobuf::io::CodedOutputStream::VarintSize64(n) + n;
+}
+
+// A chunk whose payload is in a region, checked before anything is allocated for it: the
+// store must be able to hold it (its encoded size within the largest tier; the store would
+// refuse it only after the payload was gathered), and a payload copied out of shared
+// memory (`copied`) must be within the per-request budget, max_message_bytes, as a payload
+// in the message is. A paged layout names a chunk of any size in a small request (every
+// block id 0 fits a one-row plane), so neither bound may be left to the client.
+// `capacity` caches the store's capacity for the request.
+absl::Status CheckRegionSource(store::Store& store, const ServiceOptions& options,
+                               const ChunkShape& shape, const CodecConfig& config, bool copied,
+                               const std::string& p, std::optional<uint64_t>* capacity) {
+  absl::StatusOr<kernels::ChunkLayout> layout = kernels::MakeLayout(shape, config);
+  if (!layout.ok()) return WithPrefix(p, layout.status());
+  if (!capacity->has_value()) {
+    const store::StoreStats st = store.Stats();
+    uint64_t bytes = st.capacity_bytes;
+    for (const store::GpuTierStats& g : st.gpus) bytes = std::max(bytes, g.capacity_bytes);
+    *capacity = bytes;
+  }
+  if (layout->total_bytes > **capacity)
+    return absl::ResourceExhaustedError(absl::StrCat(
+        p, ": the chunk encodes to ", layout->total_bytes,
+        " bytes, more than the store holds (", **capacity, " bytes)"));
+  if (copied && shape.payload_bytes() > options.max_message_bytes)
+    return absl::ResourceExhaustedError(absl::StrCat(
+        p, ": the payload is ", shape.payload_bytes(),
+        " bytes, over the per-request budget for a payload copied out of shared memory "
+        "(max_message_bytes, ", options.max_message_bytes, "); split the chunk by tokens"));
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 // --- Validation ---------------------------------------------------------------------------
@@ -282,15 +317,19 @@ absl::Status HandlePut(store::Store& store, const ServiceOptions& options,
 
   // Every region is pinned (checked: token, namespace, bounds, size) before anything is
   // stored, and stays mapped until the call ends even if it is unregistered meanwhile.
-  // The store encodes from the mapping into its own pages before publishing, so a chunk is
-  // whole even when the client writes the range concurrently (it then gets what it wrote).
-  // A source in device memory (CUDA IPC) is read by the encode kernels in place; a paged
-  // cache in shared memory is gathered here first.
+  // A source in device memory (CUDA IPC) is read by the encode kernels in place. A source
+  // in shared memory (data_region, or a paged cache, gathered) is copied into the daemon's
+  // memory first, one chunk at a time, and stored from that copy only when the region did
+  // not fault during the copy (a file truncated under the request: SIGBUS, caught by the
+  // registry's guard), so no stored chunk holds bytes the file lost. That copy is the only
+  // buffer a Put sizes from its request, so it is bounded before it is allocated
+  // (CheckRegionSource). A chunk is whole even when the client writes the range
+  // concurrently (it then gets what was copied).
   std::vector<RegionPin> pins(n);
   std::vector<std::optional<ResolvedPaged>> paged(n);
-  std::vector<std::vector<uint8_t>> gathered(n);
-  std::vector<std::span<const uint8_t>> payloads(n);
   std::vector<std::optional<store::DeviceTensor>> device(n);
+  std::vector<char> from_shm(n, 0);
+  std::optional<uint64_t> capacity;
   for (int i = 0; i < n; ++i) {
     const v1::PutChunk& c = request.chunks(i);
     const std::string p = absl::StrCat("chunks[", i, "]");
@@ -302,13 +341,10 @@ absl::Status HandlePut(store::Store& store, const ServiceOptions& options,
                        absl::StrCat(p, ".data_paged"));
       if (!r.ok()) return r.status();
       paged[i] = *std::move(r);
-      const store::DeviceTensor window = paged[i]->Window(0, shape.num_tokens);
       if (paged[i]->on_device()) {
-        device[i] = window;
+        device[i] = paged[i]->Window(0, shape.num_tokens);
       } else {
-        gathered[i].resize(shape.payload_bytes());
-        GatherHost(window, shape.num_layers, shape.num_tokens, gathered[i].data());
-        payloads[i] = gathered[i];
+        from_shm[i] = 1;
       }
     } else if (c.has_data_region()) {
       absl::StatusOr<RegionPin> pin =
@@ -326,25 +362,85 @@ absl::Status HandlePut(store::Store& store, const ServiceOptions& options,
         d.capacity = pins[i].size();
         device[i] = std::move(d);
       } else {
-        payloads[i] = {pins[i].data(), pins[i].size()};
+        from_shm[i] = 1;
       }
     } else {
-      payloads[i] = Bytes(c.data());
+      continue;  // the payload is in the message, which gRPC already bounded
     }
+    if (absl::Status s = CheckRegionSource(store, options, shape,
+                                           ToCodecConfig(c.codec(), shape.num_layers),
+                                           from_shm[i] != 0, p, &capacity);
+        !s.ok())
+      return s;
   }
+
+  // The copy of a shared-memory payload (one buffer, reused chunk after chunk; not
+  // zero-filled: every byte is written), checked for faults after the copy.
+  std::unique_ptr<uint8_t[]> staging;
+  uint64_t staging_bytes = 0;
+  auto copy_in = [&](int i) -> absl::StatusOr<std::span<const uint8_t>> {
+    const v1::PutChunk& c = request.chunks(i);
+    const ChunkShape shape = ToShape(c.layout(), c.dtype());
+    const uint64_t bytes = shape.payload_bytes();
+    const std::string p = absl::StrCat("chunks[", i, "]");
+    if (bytes > staging_bytes) {
+      staging.reset();
+      staging_bytes = 0;
+      staging.reset(new (std::nothrow) uint8_t[bytes]);
+      if (staging == nullptr)
+        return absl::ResourceExhaustedError(absl::StrCat(
+            p, ": the daemon cannot allocate ", bytes,
+            " bytes to copy the payload out of shared memory"));
+      staging_bytes = bytes;
+    }
+    if (paged[i]) {
+      GatherHost(paged[i]->Window(0, shape.num_tokens), shape.num_layers, shape.num_tokens,
+                 staging.get());
+      for (const RegionPin& pin : paged[i]->pins) {
+        if (absl::Status s = pin.CheckNotFaulted(absl::StrCat(p, ".data_paged")); !s.ok())
+          return s;
+      }
+    } else {
+      std::memcpy(staging.get(), pins[i].data(), bytes);
+      if (absl::Status s = pins[i].CheckNotFaulted(absl::StrCat(p, ".data_region")); !s.ok())
+        return s;
+    }
+    return std::span<const uint8_t>(staging.get(), bytes);
+  };
+  // Names what stays stored when chunk i fails after chunks [0, i) were stored.
+  auto after_stored = [](const absl::Status& s, int i) {
+    if (i == 0) return s;
+    return absl::Status(s.code(), absl::StrCat(s.message(), " (chunks [0, ", i,
+                                               ") of this request are stored)"));
+  };
 
   // Values are checked here too so that a NaN in chunk 5 stores nothing at all. A lone
   // chunk needs no pre-scan: the store validates before it changes anything. Device
   // sources are checked by the encode kernels only (docs/api.md: earlier chunks stay).
+  // A data_region is scanned in place (a fault there is seen by the copy's check); a paged
+  // cache is gathered for the scan and again to be stored.
   if (n > 1) {
     for (int i = 0; i < n; ++i) {
       if (device[i]) continue;
       const v1::PutChunk& c = request.chunks(i);
       const ChunkShape shape = ToShape(c.layout(), c.dtype());
+      std::span<const uint8_t> payload = Bytes(c.data());
+      if (paged[i]) {
+        absl::StatusOr<std::span<const uint8_t>> copied = copy_in(i);
+        if (!copied.ok()) return copied.status();
+        payload = *copied;
+      } else if (from_shm[i]) {
+        payload = {pins[i].data(), pins[i].size()};
+      }
       if (absl::Status s = kernels::ValidateInput(
-              shape, reinterpret_cast<const uint16_t*>(payloads[i].data()));
+              shape, reinterpret_cast<const uint16_t*>(payload.data()));
           !s.ok())
         return WithPrefix(absl::StrCat("chunks[", i, "]"), s);
+      if (from_shm[i] && !paged[i]) {
+        if (absl::Status s = pins[i].CheckNotFaulted(absl::StrCat("chunks[", i, "].data_region"));
+            !s.ok())
+          return s;
+      }
     }
   }
 
@@ -353,17 +449,17 @@ absl::Status HandlePut(store::Store& store, const ServiceOptions& options,
     const v1::PutChunk& c = request.chunks(i);
     const ChunkShape shape = ToShape(c.layout(), c.dtype());
     const CodecConfig config = ToCodecConfig(c.codec(), shape.num_layers);
+    std::span<const uint8_t> payload = Bytes(c.data());
+    if (from_shm[i]) {
+      absl::StatusOr<std::span<const uint8_t>> copied = copy_in(i);
+      if (!copied.ok()) return after_stored(copied.status(), i);
+      payload = *copied;
+    }
     absl::StatusOr<store::ChunkInfo> info =
         device[i] ? store.PutDevice(c.namespace_(), ToStoreKey(c.key()), shape, config, *device[i])
-                  : store.Put(c.namespace_(), ToStoreKey(c.key()), shape, config, payloads[i]);
-    if (!info.ok()) {
-      absl::Status s = WithPrefix(absl::StrCat("chunks[", i, "]"), info.status());
-      if (i > 0) {
-        s = absl::Status(s.code(), absl::StrCat(s.message(), " (chunks [0, ", i,
-                                                ") of this request are stored)"));
-      }
-      return s;
-    }
+                  : store.Put(c.namespace_(), ToStoreKey(c.key()), shape, config, payload);
+    if (!info.ok())
+      return after_stored(WithPrefix(absl::StrCat("chunks[", i, "]"), info.status()), i);
     v1::PutResult* result = response->add_results();
     *result->mutable_key() = c.key();
     ToProto(*info, result->mutable_info());
@@ -381,30 +477,54 @@ absl::Status HandleGet(store::Store& store, const ServiceOptions& options,
         "output_paged: set together with output_region (give one)");
   const bool to_region = request.has_output_region();
   const bool to_paged = request.has_output_paged();
+  const std::string& ns = request.namespace_();
+  const int n = request.keys_size();
+
+  // The smallest the response can be (every key missing, each result echoing its key),
+  // from the request alone: a Get over the limit whatever is stored is refused before any
+  // per-key state is allocated.
+  {
+    uint64_t least = 0;
+    for (const v1::ChunkKey& key : request.keys())
+      least += FramedBytes(FramedBytes(key.ByteSizeLong()));  // GetResult{key}
+    if (least > options.max_message_bytes)
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "response would be at least ", least, " bytes for ", n, " keys, ",
+          least - options.max_message_bytes, " bytes over max_message_bytes (",
+          options.max_message_bytes, "); ask for fewer keys per Get"));
+  }
+
   RegionPin out_pin;
   if (to_region) {
     absl::StatusOr<RegionPin> pin =
-        PinRef(regions, request.namespace_(), request.output_region(), "output_region");
+        PinRef(regions, ns, request.output_region(), "output_region");
     if (!pin.ok()) return pin.status();
     out_pin = std::move(*pin);
   }
   const uint64_t region_begin = request.output_region().offset();
-  const std::string& ns = request.namespace_();
-  const int n = request.keys_size();
   const kernels::Slice slice{request.layers().begin(), request.layers().end(),
                              request.heads().begin(), request.heads().end()};
+  // Unset: each chunk's own, resolved by the store from the version it reads, so that a
+  // result's info, dtype and bytes always come from one version of its chunk.
+  const DType requested = static_cast<DType>(request.output_dtype());
 
   // Pass 1: size the response from the chunks' shapes before decoding a byte, so an
-  // oversized Get fails fast instead of after seconds of decoding.
+  // oversized Get fails fast instead of after seconds of decoding. Each result is sized
+  // exactly as pass 2 builds it (all but its data, built here in `probe`), so the check is
+  // neither optimistic nor refuses a response that fits; only a chunk replaced between
+  // the passes can change it (checked again at the end).
   std::vector<std::optional<store::ChunkInfo>> described(n);
   std::vector<uint64_t> result_bytes(n, 0);
-  uint64_t total = 16;
+  uint64_t total = 0;
   uint64_t region_used = 0;  // with output_region: bytes from its offset to the last end
   uint64_t paged_tokens = 0;  // with output_paged: its geometry, from the first result
   uint32_t paged_layers = 0, paged_heads = 0, paged_head_dim = 0;
+  uint64_t largest = 0;       // bytes of the largest decoded slice
+  v1::GetResult probe;
   for (int i = 0; i < n; ++i) {
-    total += kGetResultOverheadBytes;
     const v1::ChunkKey& key = request.keys(i);
+    probe.Clear();
+    *probe.mutable_key() = key;
     absl::StatusOr<store::ChunkInfo> info = store.Describe(ns, ToStoreKey(key));
     if (!info.ok()) {
       if (info.status().code() != absl::StatusCode::kNotFound)
@@ -412,6 +532,7 @@ absl::Status HandleGet(store::Store& store, const ServiceOptions& options,
       if (!request.allow_missing())
         return absl::NotFoundError(absl::StrCat("keys[", i, "]: chunk ", KeyString(key),
                                                 " not found in namespace '", ns, "'"));
+      total += FramedBytes(probe.ByteSizeLong());
       continue;
     }
     const ChunkShape& shape = info->shape;
@@ -429,6 +550,12 @@ absl::Status HandleGet(store::Store& store, const ServiceOptions& options,
     if (!resolved.ok()) return WithPrefix(absl::StrCat("keys[", i, "]"), resolved.status());
     const uint64_t bytes = kernels::DecodedBytes(shape, *resolved);
     result_bytes[i] = bytes;
+    largest = std::max(largest, bytes);
+    probe.set_found(true);
+    ToProto(*info, probe.mutable_info());
+    probe.set_dtype(static_cast<v1::DType>(requested == DType::kUnspecified ? shape.dtype
+                                                                            : requested));
+    uint64_t data_field = 0;  // the data field's bytes when the data travels in the message
     if (to_paged) {
       const uint32_t hs = resolved->head_end - resolved->head_begin;
       const uint32_t ls = resolved->layer_end - resolved->layer_begin;
@@ -441,12 +568,15 @@ absl::Status HandleGet(store::Store& store, const ServiceOptions& options,
       paged_layers = ls;
       paged_heads = hs;
       paged_head_dim = shape.head_dim;
+      probe.set_first_token(paged_tokens);
       paged_tokens += shape.num_tokens;
     } else if (to_region) {
+      probe.set_region_offset(region_begin + AlignUp64(region_used));
       region_used = AlignUp64(region_used) + bytes;
-    } else {
-      total += bytes;
+    } else if (bytes > 0) {
+      data_field = FramedBytes(bytes);
     }
+    total += FramedBytes(probe.ByteSizeLong() + data_field);
     described[i] = *info;
   }
   std::optional<ResolvedPaged> out_paged;
@@ -456,6 +586,20 @@ absl::Status HandleGet(store::Store& store, const ServiceOptions& options,
                      paged_heads, paged_head_dim, "output_paged");
     if (!r.ok()) return r.status();
     out_paged = *std::move(r);
+    // In shared memory each result is decoded into a staging buffer of the daemon's, then
+    // scattered: bounded like a result in the message.
+    if (!out_paged->on_device() && largest > options.max_message_bytes)
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "output_paged: a result decodes to ", largest,
+          " bytes, staged in the daemon's memory before it is scattered into shared "
+          "memory: over the per-request budget of max_message_bytes (",
+          options.max_message_bytes, "); ask for a layer range (layers)"));
+  } else if (to_paged) {
+    // No key found: nothing will be written, but the layout and the ownership of its
+    // regions are checked all the same.
+    if (absl::Status s = CheckPagedRefs(regions, ns, request.output_paged(), "output_paged");
+        !s.ok())
+      return s;
   }
   if (to_region && region_used > out_pin.size())
     return absl::InvalidArgumentError(absl::StrCat(
@@ -477,9 +621,17 @@ absl::Status HandleGet(store::Store& store, const ServiceOptions& options,
   response->mutable_results()->Reserve(n);
   uint64_t cursor = 0;      // output_region: bytes used from its offset
   uint64_t token_at = 0;    // output_paged: tokens placed
-  thread_local std::vector<uint8_t> scatter;  // output_paged in shared memory
+  // Bytes the results' data may still take: a chunk replaced since pass 1 by a larger one
+  // gets no memory (ResourceExhausted) rather than an allocation of its size.
+  uint64_t data_left = options.max_message_bytes;
+  // output_paged in shared memory: `largest` bytes to decode a result into before it is
+  // scattered; kept by the worker thread for the next Get up to kKeptScatterBytes.
+  constexpr uint64_t kKeptScatterBytes = 64ull << 20;
+  thread_local std::unique_ptr<uint8_t[]> kept_scatter;
+  thread_local uint64_t kept_scatter_bytes = 0;
+  std::unique_ptr<uint8_t[]> own_scatter;  // a larger one, freed with the call
+  uint8_t* scatter = nullptr;
   std::vector<std::optional<absl::StatusOr<store::ChunkInfo>>> infos(n);
-  std::vector<DType> outs(n, DType::kF16);
   struct DeviceRead {
     int index;
     store::DeviceTensor window;
@@ -489,13 +641,11 @@ absl::Status HandleGet(store::Store& store, const ServiceOptions& options,
     const v1::ChunkKey& key = request.keys(i);
     v1::GetResult* result = response->add_results();
     *result->mutable_key() = key;
-    // Unset output dtype means the chunk's own; a key missing in pass 1 is still asked for
-    // (it counts as a miss, or was stored meanwhile and then reports its dtype below).
-    DType out = static_cast<DType>(request.output_dtype());
-    if (out == DType::kUnspecified)
-      out = described[i] ? described[i]->shape.dtype : DType::kF16;
-    outs[i] = out;
-    store::OutputAllocator alloc = [result](uint64_t bytes) -> uint8_t* {
+    // A key missing in pass 1 is still asked for (it counts as a miss, or was stored
+    // meanwhile and then reports its dtype below).
+    store::OutputAllocator alloc = [result, &data_left](uint64_t bytes) -> uint8_t* {
+      if (bytes > data_left) return nullptr;
+      data_left -= bytes;
       std::string* data = result->mutable_data();
       data->resize(bytes);
       return reinterpret_cast<uint8_t*>(data->data());
@@ -534,7 +684,7 @@ absl::Status HandleGet(store::Store& store, const ServiceOptions& options,
       }
     }
     if (!window) {
-      info = store.Get(ns, ToStoreKey(key), slice, out, alloc);
+      info = store.Get(ns, ToStoreKey(key), slice, requested, alloc);
     } else if (to_paged && !described[i]) {
       info = absl::NotFoundError("absent in pass 1");
     } else if (window->tier >= 0) {
@@ -542,12 +692,26 @@ absl::Status HandleGet(store::Store& store, const ServiceOptions& options,
     } else {
       // Shared-memory paged cache: decode, then scatter the rows into the blocks.
       const uint64_t rows_bytes = uint64_t{paged_layers} * 2 * tokens * window->row_bytes();
-      info = store.Get(ns, ToStoreKey(key), slice, out, [&](uint64_t bytes) -> uint8_t* {
-        if (bytes != rows_bytes) return nullptr;  // replaced by another geometry
-        scatter.resize(bytes);
-        return scatter.data();
+      if (scatter == nullptr && largest <= kept_scatter_bytes) scatter = kept_scatter.get();
+      if (scatter == nullptr) {
+        std::unique_ptr<uint8_t[]> buffer(new (std::nothrow) uint8_t[largest]);
+        if (buffer == nullptr)
+          return absl::ResourceExhaustedError(absl::StrCat(
+              "output_paged: the daemon cannot allocate ", largest,
+              " bytes to stage a result"));
+        scatter = buffer.get();
+        if (largest <= kKeptScatterBytes) {
+          kept_scatter = std::move(buffer);
+          kept_scatter_bytes = largest;
+        } else {
+          own_scatter = std::move(buffer);
+        }
+      }
+      info = store.Get(ns, ToStoreKey(key), slice, requested, [&](uint64_t bytes) -> uint8_t* {
+        if (bytes != rows_bytes || bytes > largest) return nullptr;  // another geometry
+        return scatter;
       });
-      if (info->ok()) ScatterHost(*window, paged_layers, tokens, scatter.data());
+      if (info->ok()) ScatterHost(*window, paged_layers, tokens, scatter);
     }
   }
   // First the store batches what it can (a restore of host-tier chunks into a CUDA IPC
@@ -562,7 +726,7 @@ absl::Status HandleGet(store::Store& store, const ServiceOptions& options,
     std::vector<std::optional<absl::StatusOr<store::ChunkInfo>>> batched(device_reads.size());
     for (const DeviceRead& d : device_reads) {
       keys.push_back(ToStoreKey(request.keys(d.index)));
-      dtypes.push_back(outs[d.index]);
+      dtypes.push_back(requested);
       windows.push_back(d.window);
     }
     store.GetDeviceMany(ns, keys, slice, dtypes, windows, batched);
@@ -585,7 +749,7 @@ absl::Status HandleGet(store::Store& store, const ServiceOptions& options,
       for (size_t j = next++; j < device_reads.size(); j = next++) {
         const DeviceRead& d = device_reads[j];
         infos[d.index] = store.GetDevice(ns, ToStoreKey(request.keys(d.index)), slice,
-                                         outs[d.index], d.window);
+                                         requested, d.window);
       }
     };
     const size_t threads = std::min(device_reads.size(), kMaxDeviceReadThreads);
@@ -594,10 +758,18 @@ absl::Status HandleGet(store::Store& store, const ServiceOptions& options,
     run();
     for (std::thread& t : helpers) t.join();
   }
+  // A region whose file lost pages under the decode got some of its output nowhere.
+  if (to_region) {
+    if (absl::Status s = out_pin.CheckNotFaulted("output_region"); !s.ok()) return s;
+  }
+  if (out_paged) {
+    for (const RegionPin& pin : out_paged->pins) {
+      if (absl::Status s = pin.CheckNotFaulted("output_paged"); !s.ok()) return s;
+    }
+  }
   for (int i = 0; i < n; ++i) {
     const v1::ChunkKey& key = request.keys(i);
     v1::GetResult* result = response->mutable_results(i);
-    const DType out = outs[i];
     const absl::StatusOr<store::ChunkInfo>& info = *infos[i];
     if (!info.ok()) {
       if (info.status().code() == absl::StatusCode::kNotFound) {
@@ -612,7 +784,10 @@ absl::Status HandleGet(store::Store& store, const ServiceOptions& options,
     }
     result->set_found(true);
     ToProto(*info, result->mutable_info());
-    result->set_dtype(static_cast<v1::DType>(out));
+    // The version read decided the dtype when none was asked for (the store's Get).
+    result->set_dtype(static_cast<v1::DType>(requested == DType::kUnspecified
+                                                 ? info->shape.dtype
+                                                 : requested));
   }
 
   // A chunk replaced by a larger one between the passes could still push us over.
@@ -676,6 +851,38 @@ void HandleStats(const store::Store& store, const ServiceOptions& options,
   response->set_version(KVSTASH_VERSION);
   response->set_codec_path(kernels::FastPathName());
   response->set_max_message_bytes(options.max_message_bytes);
+  response->set_quota_evictions(s.quota_evictions);
+  // Largest first (PerNamespaceStats' order), capped so the reply stays small whatever
+  // namespaces clients invent; the count of the rest is reported.
+  constexpr size_t kMaxNamespaces = 4096;
+  const std::vector<store::NamespaceStats> namespaces = store.PerNamespaceStats();
+  const size_t shown = std::min(namespaces.size(), kMaxNamespaces);
+  response->mutable_namespaces()->Reserve(static_cast<int>(shown));
+  for (size_t i = 0; i < shown; ++i) {
+    const store::NamespaceStats& n = namespaces[i];
+    v1::NamespaceStats* out = response->add_namespaces();
+    out->set_namespace_(n.name);
+    out->set_chunks(n.chunks);
+    out->set_allocated_bytes(n.allocated_bytes);
+    out->set_stored_bytes(n.stored_bytes);
+    out->set_logical_bytes(n.logical_bytes);
+    out->set_quota_evictions(n.quota_evictions);
+    out->set_capacity_evictions(n.capacity_evictions);
+    out->set_quota_bytes(n.quota_bytes);
+  }
+  response->set_namespaces_omitted(static_cast<uint32_t>(namespaces.size() - shown));
+}
+
+void RestrictStats(const auth::Principal& principal, v1::StatsResponse* response) {
+  v1::StatsResponse kept;
+  kept.set_capacity_bytes(response->capacity_bytes());
+  kept.set_page_bytes(response->page_bytes());
+  kept.set_version(response->version());
+  kept.set_codec_path(response->codec_path());
+  kept.set_max_message_bytes(response->max_message_bytes());
+  for (const v1::NamespaceStats& ns : response->namespaces())
+    if (principal.Covers(ns.namespace_())) *kept.add_namespaces() = ns;
+  response->Swap(&kept);
 }
 
 absl::Status HandleRegisterRegion(RegionRegistry& regions, const ServiceOptions& options,
@@ -747,10 +954,11 @@ absl::StatusOr<FidelityError> ProbeFidelity(store::Store& store, std::string_vie
 // --- KvStashService -----------------------------------------------------------------------
 
 KvStashService::KvStashService(store::Store* store, const ServiceOptions& options,
-                               metrics::Metrics* metrics)
+                               metrics::Metrics* metrics, const CallAuthenticator* auth)
     : store_(store),
       options_(options),
       metrics_(metrics),
+      auth_(auth),
       regions_(options.regions, store, nullptr,
                [metrics](size_t shm, size_t cuda_ipc) {
                  if (metrics == nullptr) return;
@@ -783,6 +991,21 @@ bool KvStashService::RefuseIfDraining(grpc::ServerUnaryReactor* reactor, const C
   if (!draining_.load(std::memory_order_acquire)) return false;
   Finish(reactor, call, nullptr, absl::UnavailableError("kvstashd is shutting down"));
   return true;
+}
+
+std::optional<auth::Principal> KvStashService::Admit(grpc::CallbackServerContext* context,
+                                                     grpc::ServerUnaryReactor* reactor,
+                                                     const Call& call, absl::string_view ns,
+                                                     uint32_t rights, absl::string_view field) {
+  if (RefuseIfDraining(reactor, call)) return std::nullopt;
+  if (auth_ == nullptr || !auth_->enabled()) return auth::Principal{};
+  absl::StatusOr<auth::Principal> who =
+      field.empty() ? auth_->Authenticate(context) : auth_->Check(context, ns, rights, field);
+  if (!who.ok()) {
+    Finish(reactor, call, nullptr, who.status());
+    return std::nullopt;
+  }
+  return *std::move(who);
 }
 
 std::function<void()> KvStashService::AfterPut(const v1::PutRequest& request,
@@ -869,7 +1092,19 @@ grpc::ServerUnaryReactor* KvStashService::Put(grpc::CallbackServerContext* conte
     if (c.has_data_paged() && c.data_paged().planes_size() > 0) ref = &c.data_paged().planes(0);
   }
   const Call call = Begin(metrics::Method::kPut, *request, TransportOf(ref));
-  if (RefuseIfDraining(reactor, call)) return reactor;
+  std::optional<auth::Principal> who = Admit(context, reactor, call, "", 0, "");
+  if (!who) return reactor;
+  if (auth_ != nullptr && auth_->enabled()) {
+    for (int i = 0; i < request->chunks_size(); ++i) {
+      absl::Status s = auth_->authenticator()->Authorize(
+          *who, request->chunks(i).namespace_(), auth::kWrite,
+          absl::StrCat("chunks[", i, "].namespace"));
+      if (!s.ok()) {
+        Finish(reactor, call, nullptr, s);
+        return reactor;
+      }
+    }
+  }
   // request, response and context stay valid until the reactor is finished.
   pool_.Submit([this, context, request, response, reactor, call] {
     if (context->IsCancelled()) {  // the client gave up while the call was queued
@@ -900,7 +1135,7 @@ grpc::ServerUnaryReactor* KvStashService::Get(grpc::CallbackServerContext* conte
           ? &request->output_paged().planes(0)
           : nullptr;
   const Call call = Begin(metrics::Method::kGet, *request, TransportOf(ref));
-  if (RefuseIfDraining(reactor, call)) return reactor;
+  if (!Admit(context, reactor, call, request->namespace_(), auth::kRead)) return reactor;
   pool_.Submit([this, context, request, response, reactor, call] {
     if (context->IsCancelled()) {
       Finish(reactor, call, nullptr, absl::CancelledError("cancelled while queued"));
@@ -921,7 +1156,7 @@ grpc::ServerUnaryReactor* KvStashService::Lookup(grpc::CallbackServerContext* co
                                                  v1::LookupResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   const Call call = Begin(metrics::Method::kLookup, *request);
-  if (RefuseIfDraining(reactor, call)) return reactor;
+  if (!Admit(context, reactor, call, request->namespace_(), auth::kRead)) return reactor;
   const absl::Status status = HandleLookup(*store_, options_, *request, response);
   if (status.ok() && metrics_ != nullptr) metrics_->ObserveLookup(response->present_prefix());
   Finish(reactor, call, response, status);
@@ -933,7 +1168,7 @@ grpc::ServerUnaryReactor* KvStashService::Delete(grpc::CallbackServerContext* co
                                                  v1::DeleteResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   const Call call = Begin(metrics::Method::kDelete, *request);
-  if (RefuseIfDraining(reactor, call)) return reactor;
+  if (!Admit(context, reactor, call, request->namespace_(), auth::kWrite)) return reactor;
   Finish(reactor, call, response, HandleDelete(*store_, options_, *request, response));
   return reactor;
 }
@@ -943,9 +1178,12 @@ grpc::ServerUnaryReactor* KvStashService::Stats(grpc::CallbackServerContext* con
                                                 v1::StatsResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   const Call call = Begin(metrics::Method::kStats, *request);
-  if (RefuseIfDraining(reactor, call)) return reactor;
+  const std::optional<auth::Principal> who = Admit(context, reactor, call, "", 0, "");
+  if (!who) return reactor;
   regions_.Sweep();  // expired regions leave the gauge even when no region call comes
   HandleStats(*store_, options_, response);
+  // Only an admin sees the whole store; a tenant sees its own namespaces.
+  if (!who->Has(auth::kAdmin)) RestrictStats(*who, response);
   Finish(reactor, call, response, absl::OkStatus());
   return reactor;
 }
@@ -955,7 +1193,8 @@ grpc::ServerUnaryReactor* KvStashService::RegisterRegion(
     v1::RegisterRegionResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   const Call call = Begin(metrics::Method::kRegisterRegion, *request, metrics::Transport::kShm);
-  if (RefuseIfDraining(reactor, call)) return reactor;
+  // A region is bound to its namespace; using it for Put or Get needs write or read there.
+  if (!Admit(context, reactor, call, request->namespace_(), 0)) return reactor;
   Finish(reactor, call, response, HandleRegisterRegion(regions_, options_, *request, response));
   return reactor;
 }
@@ -965,7 +1204,8 @@ grpc::ServerUnaryReactor* KvStashService::UnregisterRegion(
     v1::UnregisterRegionResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   const Call call = Begin(metrics::Method::kUnregisterRegion, *request, metrics::Transport::kShm);
-  if (RefuseIfDraining(reactor, call)) return reactor;
+  // The region's 128-bit token proves ownership; the caller must still be a tenant.
+  if (!Admit(context, reactor, call, "", 0, "")) return reactor;
   Finish(reactor, call, response, regions_.Unregister(request->region_id(), request->token()));
   return reactor;
 }
@@ -975,7 +1215,7 @@ grpc::ServerUnaryReactor* KvStashService::RenewRegion(grpc::CallbackServerContex
                                                       v1::RenewRegionResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   const Call call = Begin(metrics::Method::kRenewRegion, *request, metrics::Transport::kShm);
-  if (RefuseIfDraining(reactor, call)) return reactor;
+  if (!Admit(context, reactor, call, "", 0, "")) return reactor;
   absl::StatusOr<uint32_t> lease = regions_.Renew(request->region_id(), request->token());
   if (lease.ok()) response->set_lease_seconds(*lease);
   Finish(reactor, call, response, lease.status());

@@ -19,6 +19,7 @@
 #include <functional>
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string_view>
 
@@ -28,6 +29,7 @@
 #include "kvstash/v1/kvstash.grpc.pb.h"
 #include "kvstash/v1/kvstash.pb.h"
 #include "server/metrics/metrics.h"
+#include "server/rpc/auth.h"
 #include "server/rpc/region_registry.h"
 #include "server/rpc/worker_pool.h"
 #include "server/store/store.h"
@@ -38,7 +40,9 @@ struct ServiceOptions {
   // Threads that run Put and Get (encode and decode). 0 = one per hardware thread. Default 0.
   uint32_t worker_threads = 0;
   // Largest request and response in bytes; must equal what the ServerBuilder is given.
-  // A Get whose response would exceed it fails with RESOURCE_EXHAUSTED. Default 256 MiB.
+  // A Get whose response would exceed it fails with RESOURCE_EXHAUSTED. Also the budget
+  // of a request's buffers sized by the request (a payload copied out of shared memory, a
+  // paged result staged for it). Default 256 MiB.
   uint64_t max_message_bytes = 256ull << 20;
   // Longest accepted namespace in bytes; keep equal to StoreOptions::max_namespace_bytes so
   // that a whole Put is validated before anything is stored. Default 256.
@@ -68,15 +72,22 @@ absl::Status ValidateDeleteRequest(const v1::DeleteRequest& request,
 // in order, each atomically. On a storage error the chunks before the failing index stay
 // stored and the message names the failing index. A chunk with data_region is read from
 // that region of `regions` (pinned for the call; RegionRegistry::Acquire's errors, named
-// "chunks[i].data_region..."); FailedPrecondition when `regions` is null.
+// "chunks[i].data_region..."); FailedPrecondition when `regions` is null, or when the
+// region's file lost pages under the copy (SIGBUS; nothing of that chunk is stored).
+// Before anything is allocated for a region's chunk: ResourceExhausted when it encodes to
+// more than the store's capacity, or when a payload copied out of shared memory exceeds
+// options.max_message_bytes (the per-request budget; docs/api.md, "Limits").
 absl::Status HandlePut(store::Store& store, const ServiceOptions& options,
                        const v1::PutRequest& request, v1::PutResponse* response,
                        RegionRegistry* regions = nullptr);
 // Decodes each key's slice straight into its result's `data` string, or with output_region
 // into that region of `regions` (consecutive 64-byte-aligned offsets, region_offset set).
 // NotFound for a missing key unless allow_missing; ResourceExhausted when the response
-// would exceed options.max_message_bytes, InvalidArgument when the output would not fit in
-// output_region.length (both checked before anything is decoded).
+// would exceed options.max_message_bytes (each result's exact wire size), or a paged
+// result staged for shared memory would; InvalidArgument when the output would not fit in
+// output_region.length (all checked before anything is decoded); FailedPrecondition when
+// an output region's file lost pages under the decode (SIGBUS). With no output_dtype, each
+// result's info, dtype and data come from the one version of its chunk that was read.
 absl::Status HandleGet(store::Store& store, const ServiceOptions& options,
                        const v1::GetRequest& request, v1::GetResponse* response,
                        RegionRegistry* regions = nullptr);
@@ -89,6 +100,10 @@ absl::Status HandleDelete(store::Store& store, const ServiceOptions& options,
                           const v1::DeleteRequest& request, v1::DeleteResponse* response);
 void HandleStats(const store::Store& store, const ServiceOptions& options,
                  v1::StatsResponse* response);
+// What a tenant without the admin right may see of a Stats response: the daemon's
+// configuration (capacity, page size, limits, version) and its own namespaces; the
+// store-wide counters, which sum every tenant's traffic, are zeroed.
+void RestrictStats(const auth::Principal& principal, v1::StatsResponse* response);
 
 // Relative reconstruction error ||x - x_hat|| / ||x|| of the keys and of the values of a
 // chunk (0 when both are all zeros).
@@ -109,10 +124,10 @@ absl::StatusOr<FidelityError> ProbeFidelity(store::Store& store, std::string_vie
 
 class KvStashService final : public v1::KvStash::CallbackService {
  public:
-  // `store` and `metrics` (null = no metrics, no fidelity probe) are not owned and must
-  // outlive the service.
+  // `store`, `metrics` (null = no metrics, no fidelity probe) and `auth` (null =
+  // authentication off) are not owned and must outlive the service.
   KvStashService(store::Store* store, const ServiceOptions& options,
-                 metrics::Metrics* metrics = nullptr);
+                 metrics::Metrics* metrics = nullptr, const CallAuthenticator* auth = nullptr);
   // Runs every queued Put/Get to completion, then joins the workers. REQUIRES: the server
   // this service is registered with has been shut down (no new calls arrive).
   ~KvStashService() override;
@@ -167,6 +182,13 @@ class KvStashService final : public v1::KvStash::CallbackService {
   // The transport a Put/Get's payload takes, by the kind of its first region (none: gRPC).
   metrics::Transport TransportOf(const v1::RegionRef* ref) const;
   bool RefuseIfDraining(grpc::ServerUnaryReactor* reactor, const Call& call);
+  // Refuses (finishing the reactor, returning nullopt) when draining, unauthenticated, or
+  // not allowed `rights` on namespace `ns` (the request field `field`; "" = authenticate
+  // only). Returns the caller's principal otherwise.
+  std::optional<auth::Principal> Admit(grpc::CallbackServerContext* context,
+                                       grpc::ServerUnaryReactor* reactor, const Call& call,
+                                       absl::string_view ns, uint32_t rights,
+                                       absl::string_view field = "namespace");
   // Logs failures worth an operator's attention, records the call, then finishes.
   // `response` is measured only when `status` is OK.
   void Finish(grpc::ServerUnaryReactor* reactor, const Call& call,
@@ -180,6 +202,7 @@ class KvStashService final : public v1::KvStash::CallbackService {
   store::Store* const store_;
   const ServiceOptions options_;
   metrics::Metrics* const metrics_;
+  const CallAuthenticator* const auth_;
   std::atomic<bool> draining_{false};
   std::atomic<uint64_t> puts_ok_{0};  // successful Puts, for the probe's sampling
   RegionRegistry regions_;

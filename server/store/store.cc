@@ -29,6 +29,23 @@ absl::Status ValidateOptions(const StoreOptions& o) {
   if (o.max_namespace_bytes == 0) {
     return absl::InvalidArgumentError("store.max_namespace_bytes must be >= 1");
   }
+  if (o.namespace_quota_bytes != 0 && o.namespace_quota_bytes < o.page_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "store.namespace_quota_bytes ", o.namespace_quota_bytes, " is less than one page of ",
+        o.page_bytes, " bytes (0 = no quota)"));
+  }
+  for (const auto& [ns, quota] : o.namespace_quota_overrides) {
+    if (ns.empty() || ns.size() > o.max_namespace_bytes) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "store.namespace_quota_overrides: namespace \"", ns, "\" is ", ns.size(),
+          " bytes; namespaces are 1 to ", o.max_namespace_bytes, " bytes"));
+    }
+    if (quota != 0 && quota < o.page_bytes) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "store.namespace_quota_overrides[\"", ns, "\"] = ", quota,
+          " is less than one page of ", o.page_bytes, " bytes (0 = no quota)"));
+    }
+  }
   if (o.gpu_streams < 1 || o.gpu_streams > 64) {
     return absl::InvalidArgumentError(
         absl::StrCat("store.gpu_streams must be in [1, 64], got ", o.gpu_streams));

@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <span>
@@ -46,6 +47,16 @@ struct StoreOptions {
   // Touch every pool page at startup (no page faults under load; a host short of memory
   // fails at startup). Default false.
   bool prefault = false;
+  // Hard limit on the pool bytes one namespace may hold (whole pages, host and GPU tiers
+  // together), for every namespace without an override; 0 = no limit. A Put into a
+  // namespace at its quota first evicts that namespace's own least recently read unpinned
+  // chunks; when even that cannot make room it fails with ResourceExhausted
+  // (docs/store.md, "Namespaces and quotas"). Nonzero values are at least page_bytes.
+  // Default 0.
+  uint64_t namespace_quota_bytes = 0;
+  // Per-namespace quotas in bytes, replacing namespace_quota_bytes for the namespaces
+  // named; 0 = no limit for that namespace. Default empty.
+  std::map<std::string, uint64_t> namespace_quota_overrides;
 
   // --- GPU tier (docs/store.md, "GPU tier"); used only in a CUDA build on a host where the
   // CUDA runtime reports devices. Otherwise the store is host-only and these are ignored.
@@ -159,7 +170,10 @@ struct StoreStats {
   double equivalent_bit_elements = 0;  // sum of B_eq × elements of stored chunks
   uint64_t hits = 0;            // Get keys found + Lookup leading keys found
   uint64_t misses = 0;          // Get keys not found + Lookups that stopped at a missing key
-  uint64_t evictions = 0;       // chunks removed to make room for a Put
+  uint64_t evictions = 0;       // chunks removed to make room for a Put (quota evictions
+                                //   included)
+  uint64_t quota_evictions = 0; // of evictions: chunks removed to keep their namespace
+                                //   within its quota
   uint64_t puts = 0;            // Puts that stored a chunk
   uint64_t gets = 0;            // Get calls, found or not
   uint64_t deletes = 0;         // Deletes that removed a chunk
@@ -176,6 +190,21 @@ struct StoreStats {
                                 //   (device pool full of pinned chunks, or unhealthy)
 };
 
+// One namespace's share of the store (Store::PerNamespaceStats).
+struct NamespaceStats {
+  std::string name;
+  uint64_t chunks = 0;           // chunks stored, all tiers
+  uint64_t allocated_bytes = 0;  // pool pages charged to it (what its quota limits): the
+                                 //   pages of its chunks in every tier, including chunks
+                                 //   removed but still being read, and Puts in progress
+  uint64_t stored_bytes = 0;     // encoded bytes of its chunks
+  uint64_t logical_bytes = 0;    // 16-bit payload bytes of its chunks
+  uint64_t quota_evictions = 0;  // its chunks evicted to keep it within its quota
+  uint64_t capacity_evictions = 0;  // its chunks evicted (or demoted and dropped) for a
+                                    //   Put of any namespace when a pool was full
+  uint64_t quota_bytes = 0;      // its quota; 0 = none
+};
+
 // Called by Get once the decoded size is known; returns where to write `bytes` bytes
 // (e.g. a protobuf bytes field resized to fit, or a shared-memory region).
 using OutputAllocator = std::function<uint8_t*(uint64_t bytes)>;
@@ -189,7 +218,9 @@ class Store {
   // stores it under (ns, key), evicting least-recently-used unpinned chunks if needed.
   // Re-putting an existing key replaces it atomically: readers see the old or the new
   // chunk, never a mix. Errors: InvalidArgument (shape, config, payload size, NaN/Inf),
-  // ResourceExhausted (cannot free enough memory), Internal (CUDA failure, with the CUDA
+  // ResourceExhausted (cannot free enough memory; or the chunk does not fit the
+  // namespace's quota even after evicting the namespace's own unpinned chunks: the message
+  // names the namespace, its quota and its usage), Internal (CUDA failure, with the CUDA
   // error name). On error the store is unchanged.
   virtual absl::StatusOr<ChunkInfo> Put(std::string_view ns, const ChunkKey& key,
                                         const kernels::ChunkShape& shape,
@@ -206,7 +237,9 @@ class Store {
   }
 
   // Decodes `slice` of the chunk into memory from `alloc`, laid out
-  // [l1-l0][2][T][h1-h0][D] in out_dtype. The chunk is pinned while it is read (`alloc`
+  // [l1-l0][2][T][h1-h0][D] in out_dtype; DType::kUnspecified = the chunk's own dtype,
+  // that of the version read (the returned info's shape.dtype), so that bytes and info
+  // agree under a concurrent re-put. The chunk is pinned while it is read (`alloc`
   // included) and becomes the most recently used when the read ends.
   // Errors: NotFound, InvalidArgument (slice, dtype), DataLoss (corrupt pages),
   // ResourceExhausted (`alloc` returned null, or GPU scratch memory), Internal (CUDA).
@@ -225,6 +258,12 @@ class Store {
   virtual absl::Status Delete(std::string_view ns, const ChunkKey& key) = 0;
 
   virtual StoreStats Stats() const = 0;
+
+  // Every namespace holding chunks (or with a Put in progress), plus namespaces emptied
+  // recently (up to 1024, with their eviction counts), by allocated_bytes, largest first,
+  // then by name. A snapshot: each namespace's counters are read without stopping Puts.
+  // The default (a store without namespace accounting) returns none.
+  virtual std::vector<NamespaceStats> PerNamespaceStats() const { return {}; }
 
   // --- Device data paths (docs/store.md, "Device I/O"). A store without GPU tiers answers
   // FailedPrecondition.

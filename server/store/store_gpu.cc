@@ -238,7 +238,7 @@ absl::StatusOr<ChunkInfo> StoreImpl::PutDevice(std::string_view ns, const ChunkK
 
 absl::StatusOr<ChunkInfo> StoreImpl::GetDevice(std::string_view ns, const ChunkKey& key,
                                                const kernels::Slice& slice,
-                                               kernels::DType out_dtype,
+                                               kernels::DType requested,
                                                const DeviceTensor& out) {
   if (gpus_.empty()) return absl::FailedPreconditionError("cuda_ipc: this daemon has no GPU tier");
   if (out.tier < 0 || out.tier >= static_cast<int>(gpus_.size())) {
@@ -247,6 +247,7 @@ absl::StatusOr<ChunkInfo> StoreImpl::GetDevice(std::string_view ns, const ChunkK
   absl::StatusOr<Entry*> pinned = PinForRead(ns, key);
   if (!pinned.ok()) return pinned.status();
   Pin pin(this, *pinned);
+  const kernels::DType out_dtype = ReadDType(*pin.get(), requested);
   absl::StatusOr<kernels::Slice> resolved = ResolveRead(*pin.get(), slice, out_dtype);
   if (!resolved.ok()) return resolved.status();
   if (auto st = CheckDeviceOutput(pin->header.layout.shape, *resolved, out); !st.ok()) {
@@ -292,18 +293,20 @@ void StoreImpl::GetDeviceMany(std::string_view ns, std::span<const ChunkKey> key
   for (size_t i = 0; i < keys.size(); ++i) {
     const DeviceTensor& out = outs[i];
     if (out.tier < 0 || out.tier >= static_cast<int>(gpus_.size())) continue;
-    if (tier >= 0 && (out.tier != tier || out_dtypes[i] != dtype)) continue;
+    if (tier >= 0 && out.tier != tier) continue;
     absl::StatusOr<Entry*> pinned = PinForRead(ns, keys[i]);
     if (!pinned.ok()) {
       results[i] = pinned.status();  // as GetDevice: NotFound, or a bad namespace
       continue;
     }
     Entry* e = *pinned;
-    absl::StatusOr<kernels::Slice> r = ResolveRead(*e, slice, out_dtypes[i]);
+    const kernels::DType want = ReadDType(*e, out_dtypes[i]);  // of the pinned version
+    absl::StatusOr<kernels::Slice> r = ResolveRead(*e, slice, want);
     // Raw (fp16-preset) chunks are left out: they have nothing to decode, and their
     // 32 MiB-per-chunk copies ran faster on concurrent per-key streams than as one
     // batch's single copy stream (docs/store.md, "Device I/O").
-    bool take = r.ok() && e->tier < 0 && !e->header.layout.config.raw;
+    bool take = r.ok() && e->tier < 0 && !e->header.layout.config.raw &&
+                (batch.empty() || want == dtype);
     if (take && !batch.empty()) {
       const kernels::ChunkLayout& first = batch[0].entry->header.layout;
       take = e->header.layout.shape == first.shape && e->header.layout.config == first.config;
@@ -326,7 +329,7 @@ void StoreImpl::GetDeviceMany(std::string_view ns, std::span<const ChunkKey> key
     }
     if (batch.empty()) {
       resolved = *r;
-      dtype = out_dtypes[i];
+      dtype = want;
       tier = out.tier;
     }
     batch.push_back({i, e});
@@ -406,6 +409,9 @@ absl::StatusOr<ChunkInfo> StoreImpl::PutGpu(int t, std::unique_ptr<Entry> entry,
     return chunk.status();
   }
   if (auto st = SetHeader(entry.get(), *chunk, layout.total_bytes); !st.ok()) return st;
+  // The namespace's quota covers both tiers: charge it once, before either allocates.
+  SelfEviction evicted_self = SelfEviction::kNone;
+  if (auto st = ChargeQuota(entry.get(), num_pages, &evicted_self); !st.ok()) return st;
 
   absl::StatusOr<memory::PageSpan> pages = AllocateOnGpu(t, num_pages, w.operator->());
   if (!pages.ok()) {
@@ -416,7 +422,7 @@ absl::StatusOr<ChunkInfo> StoreImpl::PutGpu(int t, std::unique_ptr<Entry> entry,
     // The device pool cannot take it (too large, or the rest is pinned by reads): keep the
     // GPU-encoded chunk in the host tier.
     gpu_fallbacks_.fetch_add(1, std::memory_order_relaxed);
-    return PutHost(std::move(entry), num_pages, *chunk, layout.total_bytes);
+    return PutHost(std::move(entry), num_pages, *chunk, layout.total_bytes, evicted_self);
   }
   entry->tier = t;
   entry->pages = *std::move(pages);
@@ -425,7 +431,7 @@ absl::StatusOr<ChunkInfo> StoreImpl::PutGpu(int t, std::unique_ptr<Entry> entry,
     return st;
   }
   SetDirect(entry.get());
-  return Publish(std::move(entry), /*evicted_self=*/false);
+  return Publish(std::move(entry), evicted_self);
 }
 
 absl::Status StoreImpl::GetGpu(const Entry& e, const kernels::Slice& resolved,
@@ -490,8 +496,7 @@ Entry* StoreImpl::PinOldestOnGpu(int t) {
     absl::MutexLock lock(&best->mu);
     Entry* victim = best->gpu_lru[t].oldest();
     if (victim == nullptr) continue;  // pinned or removed meanwhile; look again
-    EntryList::Unlink(victim);
-    best->gpu_lru_pages[t] -= victim->num_pages();
+    UnlinkEvictableLocked(*best, victim);
     best->in_use.PushNewest(victim);
     ++victim->refs;
     return victim;
@@ -503,7 +508,7 @@ absl::Status StoreImpl::Demote(Entry* victim, GpuWorker* w) {
   absl::StatusOr<memory::PageSpan> host =
       AllocateWithEviction(victim->num_pages(), victim->ref(), &evicted_self);
   // A re-put of the victim's key published meanwhile was evicted to make room.
-  if (evicted_self) evictions_.fetch_add(1, std::memory_order_relaxed);
+  if (evicted_self) CountEviction(victim->nsref.get(), SelfEviction::kCapacity);
   if (!host.ok()) {
     // The host tier cannot take it either: drop it, as eviction from the last tier does.
     Shard& s = ShardFor(victim->hash);
@@ -515,7 +520,7 @@ absl::Status StoreImpl::Demote(Entry* victim, GpuWorker* w) {
         removed = true;
       }
     }
-    if (removed) evictions_.fetch_add(1, std::memory_order_relaxed);
+    if (removed) CountEviction(victim->nsref.get(), SelfEviction::kCapacity);
     Unpin(victim);  // frees its device pages unless a reader holds it
     return absl::OkStatus();
   }

@@ -95,11 +95,36 @@ uint64_t HashKey(std::string_view ns, const ChunkKey& key) {
   return XXH3_64bits_withSeed(ns.data(), ns.size(), seed);
 }
 
-// RAII: holds one reader reference on an entry; unpins on destruction.
+uint64_t ChunkPages(const kernels::ChunkLayout& layout, uint32_t page_bytes,
+                    std::vector<uint64_t>* section_offset) {
+  const auto pages_for = [page_bytes](uint64_t bytes) {
+    return (bytes + page_bytes - 1) / page_bytes;
+  };
+  uint64_t aligned = pages_for(layout.header_bytes);
+  for (const kernels::PairLayout& p : layout.pairs) aligned += pages_for(p.bytes);
+  const uint64_t packed = pages_for(layout.total_bytes);
+  // Page-aligned sections let a layer-range read touch only its pairs' pages, and cost up
+  // to a page per section plus the header's page. For chunks of sections much smaller than
+  // a page that is most of the memory (a one-pair chunk of a few KiB took two pages), so
+  // those are packed; a read of them touches a page or two either way.
+  const bool pack = 2 * packed <= aligned;
+  if (section_offset != nullptr) {
+    section_offset->resize(layout.num_pairs());
+    uint64_t pages = pages_for(layout.header_bytes);
+    for (uint32_t p = 0; p < layout.num_pairs(); ++p) {
+      (*section_offset)[p] = pack ? layout.pairs[p].offset : pages * page_bytes;
+      pages += pages_for(layout.pairs[p].bytes);
+    }
+  }
+  return pack ? packed : aligned;
+}
 
 StoreImpl::StoreImpl(const StoreOptions& options, std::unique_ptr<memory::PagePool> pool,
                      std::vector<std::unique_ptr<GpuTier>> gpus)
     : options_(options),
+      namespaces_(std::make_unique<NamespaceTable>(options.num_shards,
+                                                   options.namespace_quota_bytes,
+                                                   options.namespace_quota_overrides)),
       pool_(std::move(pool)),
       shards_(new Shard[options.num_shards]),
       gpus_(std::move(gpus)),
@@ -158,9 +183,8 @@ Entry* StoreImpl::PinLocked(Shard& s, const KeyRef& k) {
   auto it = s.map.find(k);
   if (it == s.map.end()) return nullptr;
   Entry* e = *it;
-  if (e->refs == 1) {  // unpinned: leaves the evictable list while it is read
-    EntryList::Unlink(e);
-    LruPagesOf(s, e) -= e->num_pages();
+  if (e->refs == 1) {  // unpinned: leaves the evictable lists while it is read
+    UnlinkEvictableLocked(s, e);
     s.in_use.PushNewest(e);
   }
   ++e->refs;
@@ -178,16 +202,39 @@ Entry* StoreImpl::UnrefLocked(Shard& s, Entry* e) {
     // The last reader is done: the chunk becomes the most recently used and evictable.
     EntryList::Unlink(e);
     e->last_use = clock_.fetch_add(1, std::memory_order_relaxed) + 1;
-    LruOf(s, e).PushNewest(e);
-    LruPagesOf(s, e) += e->num_pages();
+    LinkEvictableLocked(s, e);
   }
   return nullptr;
 }
 
+void StoreImpl::LinkEvictableLocked(Shard& s, Entry* e) {
+  LruOf(s, e).PushNewest(e);
+  LruPagesOf(s, e) += e->num_pages();
+  NsLru& l = e->nsref->lru[ShardIndex(e->hash)];
+  e->ns_prev = l.newest;
+  e->ns_next = nullptr;
+  (l.newest != nullptr ? l.newest->ns_next : l.oldest) = e;
+  l.newest = e;
+  l.pages += e->num_pages();
+}
+
+void StoreImpl::UnlinkEvictableLocked(Shard& s, Entry* e) {
+  EntryList::Unlink(e);
+  LruPagesOf(s, e) -= e->num_pages();
+  NsLru& l = e->nsref->lru[ShardIndex(e->hash)];
+  (e->ns_prev != nullptr ? e->ns_prev->ns_next : l.oldest) = e->ns_next;
+  (e->ns_next != nullptr ? e->ns_next->ns_prev : l.newest) = e->ns_prev;
+  e->ns_prev = e->ns_next = nullptr;
+  l.pages -= e->num_pages();
+}
+
 Entry* StoreImpl::RemoveLocked(Shard& s, Entry* e) {
   s.map.erase(e);
-  EntryList::Unlink(e);
-  if (e->refs == 1) LruPagesOf(s, e) -= e->num_pages();
+  if (e->refs == 1) {
+    UnlinkEvictableLocked(s, e);
+  } else {
+    EntryList::Unlink(e);  // from in_use
+  }
   e->in_index = false;
   s.chunks -= 1;
   if (e->tier >= 0) s.gpu_chunks[e->tier] -= 1;
@@ -195,6 +242,9 @@ Entry* StoreImpl::RemoveLocked(Shard& s, Entry* e) {
   s.stored_bytes -= e->info.stored_bytes;
   s.elements -= e->elements;
   s.equivalent_bit_elements -= e->equivalent_bit_elements;
+  e->nsref->chunks.fetch_sub(1, std::memory_order_relaxed);
+  e->nsref->stored_bytes.fetch_sub(e->info.stored_bytes, std::memory_order_relaxed);
+  e->nsref->logical_bytes.fetch_sub(e->info.logical_bytes, std::memory_order_relaxed);
   return UnrefLocked(s, e);
 }
 
@@ -213,14 +263,16 @@ void StoreImpl::InsertLocked(Shard& s, Entry* e) {
   e->in_index = true;
   e->last_use = clock_.fetch_add(1, std::memory_order_relaxed) + 1;
   s.map.insert(e);
-  LruOf(s, e).PushNewest(e);
-  LruPagesOf(s, e) += e->num_pages();
+  LinkEvictableLocked(s, e);
   s.chunks += 1;
   if (e->tier >= 0) s.gpu_chunks[e->tier] += 1;
   s.logical_bytes += e->info.logical_bytes;
   s.stored_bytes += e->info.stored_bytes;
   s.elements += e->elements;
   s.equivalent_bit_elements += e->equivalent_bit_elements;
+  e->nsref->chunks.fetch_add(1, std::memory_order_relaxed);
+  e->nsref->stored_bytes.fetch_add(e->info.stored_bytes, std::memory_order_relaxed);
+  e->nsref->logical_bytes.fetch_add(e->info.logical_bytes, std::memory_order_relaxed);
 }
 
 std::unique_ptr<Entry> StoreImpl::CloneMeta(const Entry& old) {
@@ -234,6 +286,7 @@ std::unique_ptr<Entry> StoreImpl::CloneMeta(const Entry& old) {
   e->equivalent_bit_elements = old.equivalent_bit_elements;
   e->home = old.home;
   e->section_offset = old.section_offset;
+  e->nsref = old.nsref.Share();
   return e;
 }
 
@@ -248,6 +301,9 @@ bool StoreImpl::ReplaceIfIndexed(Entry* old, std::unique_ptr<Entry> fresh) {
         spdlog::critical("store: replacing an entry nobody pinned");
         std::abort();
       }
+      // The chunk's charge follows it to its new tier; old's pages, freed by the last
+      // reader's unpin, are no longer counted against the namespace.
+      old->nsref.MoveChargeTo(fresh->nsref);
       InsertLocked(s, fresh.release());
       return true;
     }
@@ -325,9 +381,91 @@ absl::StatusOr<memory::PageSpan> StoreImpl::AllocateWithEviction(uint64_t num_pa
     if (EntryEq::Same(victim->ref(), putting)) {
       *evicted_self = true;
     } else {
-      evictions_.fetch_add(1, std::memory_order_relaxed);
+      CountEviction(victim->nsref.get(), SelfEviction::kCapacity);
     }
     delete victim;
+  }
+}
+
+void StoreImpl::CountEviction(NamespaceState* ns, SelfEviction cause) {
+  evictions_.fetch_add(1, std::memory_order_relaxed);
+  if (cause == SelfEviction::kQuota) {
+    quota_evictions_.fetch_add(1, std::memory_order_relaxed);
+    ns->quota_evictions.fetch_add(1, std::memory_order_relaxed);
+  } else {
+    ns->capacity_evictions.fetch_add(1, std::memory_order_relaxed);
+  }
+}
+
+// --- Namespace quotas -------------------------------------------------------------------
+//
+// As capacity eviction, but within one namespace: each shard keeps the namespace's
+// unpinned entries (both tiers) oldest first in NamespaceState::lru[shard], so its oldest
+// is the oldest of those heads.
+
+Entry* StoreImpl::EvictOldestOf(NamespaceState* ns) {
+  for (;;) {
+    uint32_t best = options_.num_shards;
+    uint64_t best_use = std::numeric_limits<uint64_t>::max();
+    for (uint32_t i = 0; i < options_.num_shards; ++i) {
+      absl::MutexLock lock(&shards_[i].mu);
+      if (const Entry* o = ns->lru[i].oldest; o != nullptr && o->last_use < best_use) {
+        best = i;
+        best_use = o->last_use;
+      }
+    }
+    if (best == options_.num_shards) return nullptr;
+    Shard& s = shards_[best];
+    absl::MutexLock lock(&s.mu);
+    Entry* victim = ns->lru[best].oldest;
+    if (victim == nullptr) continue;  // pinned or removed meanwhile; look again
+    return RemoveLocked(s, victim);   // refs was 1, so this returns victim
+  }
+}
+
+absl::Status StoreImpl::ChargeQuota(Entry* entry, uint64_t num_pages,
+                                    SelfEviction* evicted_self) {
+  NamespaceRef& ref = entry->nsref;
+  NamespaceState* ns = ref.get();
+  const uint64_t bytes = num_pages * pool_->page_bytes();
+  if (ref.TryCharge(bytes)) return absl::OkStatus();  // no quota, or room under it
+  absl::MutexLock evict_lock(&ns->evict_mu);
+  const KeyRef putting = entry->ref();
+  bool checked = false;
+  for (;;) {
+    if (ref.TryCharge(bytes)) return absl::OkStatus();
+    const uint64_t used = ns->charged_bytes.load(std::memory_order_relaxed);
+    if (!checked) {
+      // Evict nothing unless evicting can succeed, so that a Put that cannot fit leaves
+      // the store as it was (exact when nothing is pinned or freed meanwhile).
+      checked = true;
+      uint64_t evictable_pages = 0;
+      for (uint32_t i = 0; i < options_.num_shards; ++i) {
+        absl::MutexLock lock(&shards_[i].mu);
+        evictable_pages += ns->lru[i].pages;
+      }
+      const uint64_t evictable = evictable_pages * pool_->page_bytes();
+      if (used - std::min(used, evictable) + bytes > ns->quota_bytes) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "store: namespace \"", ns->name, "\" is at its quota of ", ns->quota_bytes,
+            " bytes: it holds ", used, " bytes of pool pages, of which ", evictable,
+            " are unpinned chunks it could evict, and the chunk needs ", bytes, " (",
+            num_pages, " pages); the rest are pinned by reads in progress"));
+      }
+    }
+    Entry* victim = EvictOldestOf(ns);
+    if (victim == nullptr) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "store: namespace \"", ns->name, "\" is at its quota of ", ns->quota_bytes,
+          " bytes: it holds ", used, " bytes and the chunk needs ", bytes,
+          "; every other chunk of it is pinned by a read in progress"));
+    }
+    if (EntryEq::Same(victim->ref(), putting)) {
+      *evicted_self = SelfEviction::kQuota;  // replaced, not evicted; Publish settles it
+    } else {
+      CountEviction(ns, SelfEviction::kQuota);
+    }
+    delete victim;  // uncharges it
   }
 }
 
@@ -353,18 +491,23 @@ absl::StatusOr<std::unique_ptr<Entry>> StoreImpl::NewEntry(std::string_view ns,
   // Each section gets its own page-aligned run so a layer-range read touches only the
   // pages of the pairs it decodes. Every tier uses the same page size, so the runs are at
   // the same offsets whichever tier holds the chunk.
-  const uint32_t num_pairs = layout->num_pairs();
+  // Small chunks are packed instead (ChunkPages).
   auto entry = std::make_unique<Entry>();
-  entry->section_offset.resize(num_pairs);
-  uint64_t pages = pool_->PagesFor(layout->header_bytes);
-  for (uint32_t p = 0; p < num_pairs; ++p) {
-    entry->section_offset[p] = pages * pool_->page_bytes();
-    pages += pool_->PagesFor(layout->pairs[p].bytes);
-  }
-  *num_pages = pages;
+  *num_pages = ChunkPages(*layout, pool_->page_bytes(), &entry->section_offset);
   entry->ns.assign(ns.data(), ns.size());
   entry->key = key;
   entry->hash = HashKey(ns, key);
+  entry->nsref = namespaces_->Acquire(ns);
+  const uint64_t quota = entry->nsref->quota_bytes;
+  const uint64_t bytes = *num_pages * pool_->page_bytes();
+  if (quota > 0 && bytes > quota) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "store: namespace \"", absl::string_view(ns.data(), ns.size()), "\" has a quota of ",
+        quota, " bytes (it holds ",
+        entry->nsref->charged_bytes.load(std::memory_order_relaxed),
+        "); the chunk needs more: ", bytes, " bytes (", *num_pages, " pages of ",
+        pool_->page_bytes(), ")"));
+  }
   return entry;
 }
 
@@ -426,7 +569,8 @@ absl::StatusOr<ChunkInfo> StoreImpl::Put(std::string_view ns, const ChunkKey& ke
 }
 
 absl::StatusOr<ChunkInfo> StoreImpl::PutHost(std::unique_ptr<Entry> entry, uint64_t num_pages,
-                                             const uint8_t* chunk, uint64_t chunk_bytes) {
+                                             const uint8_t* chunk, uint64_t chunk_bytes,
+                                             SelfEviction evicted_self) {
   if (num_pages > pool_->pages_total()) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "store: chunk needs ", num_pages, " pages; the whole host tier holds ",
@@ -436,9 +580,23 @@ absl::StatusOr<ChunkInfo> StoreImpl::PutHost(std::unique_ptr<Entry> entry, uint6
   entry->tier = -1;
   const KeyRef k = entry->ref();
 
-  bool evicted_self = false;
-  absl::StatusOr<memory::PageSpan> pages = AllocateWithEviction(num_pages, k, &evicted_self);
-  if (!pages.ok()) return pages.status();
+  // The namespace's quota first (it evicts only the namespace's own chunks), then the
+  // pool's capacity (any namespace's). A GPU Put that fell back here is charged already.
+  if (entry->nsref.charged_bytes() == 0) {
+    if (auto st = ChargeQuota(entry.get(), num_pages, &evicted_self); !st.ok()) return st;
+  }
+  bool evicted_for_room = false;
+  absl::StatusOr<memory::PageSpan> pages = AllocateWithEviction(num_pages, k, &evicted_for_room);
+  if (!pages.ok()) return pages.status();  // the entry's charge is released with it
+  if (evicted_for_room) {
+    if (evicted_self == SelfEviction::kNone) {
+      evicted_self = SelfEviction::kCapacity;
+    } else {
+      // The quota pass already removed an older chunk of this key; this one was put by
+      // another Put meanwhile, so its removal is an eviction.
+      CountEviction(entry->nsref.get(), SelfEviction::kCapacity);
+    }
+  }
   entry->pages = *std::move(pages);
 
   // Copy into the pages, still outside every lock: nobody else can see this entry yet.
@@ -469,10 +627,11 @@ absl::Status StoreImpl::SetHeader(Entry* entry, const uint8_t* chunk, uint64_t c
   return absl::OkStatus();
 }
 
-ChunkInfo StoreImpl::Publish(std::unique_ptr<Entry> entry, bool evicted_self) {
+ChunkInfo StoreImpl::Publish(std::unique_ptr<Entry> entry, SelfEviction evicted_self) {
   // One shard lock swaps the old entry for the new, so readers see either.
   ChunkInfo info = entry->info;
   const KeyRef k = entry->ref();
+  NamespaceState* const ns = entry->nsref.get();
   Shard& s = ShardFor(k.hash);
   Entry* dead = nullptr;
   {
@@ -482,8 +641,8 @@ ChunkInfo StoreImpl::Publish(std::unique_ptr<Entry> entry, bool evicted_self) {
       dead = RemoveLocked(s, *it);  // freed now, or by its last reader's unpin
       // Another Put of this key published after our eviction pass removed the older
       // chunk: that removal was an eviction after all.
-      if (evicted_self) evictions_.fetch_add(1, std::memory_order_relaxed);
-    } else if (evicted_self) {
+      if (evicted_self != SelfEviction::kNone) CountEviction(ns, evicted_self);
+    } else if (evicted_self != SelfEviction::kNone) {
       info.replaced = true;  // the old chunk made room for this one
     }
     InsertLocked(s, entry.release());
@@ -521,12 +680,13 @@ absl::StatusOr<kernels::Slice> StoreImpl::ResolveRead(const Entry& e, const kern
 }
 
 absl::StatusOr<ChunkInfo> StoreImpl::Get(std::string_view ns, const ChunkKey& key,
-                                         const kernels::Slice& slice, kernels::DType out_dtype,
+                                         const kernels::Slice& slice, kernels::DType requested,
                                          const OutputAllocator& alloc) {
   absl::StatusOr<Entry*> pinned = PinForRead(ns, key);
   if (!pinned.ok()) return pinned.status();
   Entry* e = *pinned;
   Pin pin(this, e);  // everything below runs unlocked; the pin keeps the pages alive
+  const kernels::DType out_dtype = ReadDType(*e, requested);  // of this very version
   absl::StatusOr<kernels::Slice> resolved = ResolveRead(*e, slice, out_dtype);
   if (!resolved.ok()) return resolved.status();
   const kernels::ChunkLayout& lay = pin->header.layout;
@@ -664,6 +824,7 @@ StoreStats StoreImpl::Stats() const {
   st.hits = hits_.load(std::memory_order_relaxed);
   st.misses = misses_.load(std::memory_order_relaxed);
   st.evictions = evictions_.load(std::memory_order_relaxed);
+  st.quota_evictions = quota_evictions_.load(std::memory_order_relaxed);
   st.puts = puts_.load(std::memory_order_relaxed);
   st.gets = gets_.load(std::memory_order_relaxed);
   st.deletes = deletes_.load(std::memory_order_relaxed);
@@ -694,6 +855,10 @@ StoreStats StoreImpl::Stats() const {
 #endif
   st.host_chunks = st.chunks - st.gpu_chunks;
   return st;
+}
+
+std::vector<NamespaceStats> StoreImpl::PerNamespaceStats() const {
+  return namespaces_->Snapshot();
 }
 
 }  // namespace kvstash::store::internal

@@ -4,8 +4,10 @@
 // store.h instead. The design is in docs/store.md.
 //
 // Thread-safe, as Store. Lock order: gpu_alloc_mu_[d] -> alloc_mu_ -> one Shard::mu ->
-// a PagePool's mutex; a GPU worker lease is taken before gpu_alloc_mu_ and never while
-// holding a mutex. No lock is held across a CUDA call.
+// a PagePool's mutex; NamespaceState::evict_mu -> one Shard::mu (never with alloc_mu_ or
+// gpu_alloc_mu_ held); the NamespaceTable's mutex is a leaf. A GPU worker lease is taken
+// before gpu_alloc_mu_ or evict_mu and never while holding a mutex. No lock is held across
+// a CUDA call.
 // No lock is held while encoding, decoding, copying chunk bytes or calling the
 // OutputAllocator; entries are freed (pages returned) after the shard lock is dropped.
 #ifndef KVSTASH_SERVER_STORE_STORE_IMPL_H_
@@ -25,6 +27,7 @@
 #include "kvstash/kernels/codec.h"
 #include "kvstash/kernels/format.h"
 #include "server/memory/page_pool.h"
+#include "server/store/namespaces.h"
 #include "server/store/store.h"
 
 #if KVSTASH_HAVE_CUDA
@@ -47,6 +50,13 @@ struct KeyRef {
 };
 uint64_t HashKey(std::string_view ns, const ChunkKey& key);
 
+// The pages a chunk of `layout` takes, and (when not null) the byte offset of each pair
+// section in them (docs/store.md, "How a chunk is laid out in pages"): the header in a run
+// of its own and each section in a page-aligned run, unless storing the encoded chunk
+// verbatim (packed, sections at their encoded offsets) takes at most half as many pages.
+uint64_t ChunkPages(const kernels::ChunkLayout& layout, uint32_t page_bytes,
+                    std::vector<uint64_t>* section_offset);
+
 // One stored chunk. Immutable after publication except the fields marked as guarded by
 // the owning shard's mutex.
 struct Entry {
@@ -64,8 +74,13 @@ struct Entry {
   // chunk between tiers publishes a new entry in its place.
   int tier = -1;
   int home = -1;                 // GPU tier the chunk belongs on (-1 without GPUs)
-  memory::PageSpan pages;        // header run, then one page-aligned run per pair section
-  std::vector<uint64_t> section_offset;  // [P] byte offset of pair p's run in `pages`
+  // The namespace's state, and the bytes of `pages` charged to it. Declared before `pages`
+  // so that the charge is released after the pages are back in the pool.
+  NamespaceRef nsref;
+  // Page-aligned: the header run, then one page-aligned run per pair section. Packed (small
+  // chunks, ChunkPages): the encoded chunk verbatim, sections at their encoded offsets.
+  memory::PageSpan pages;
+  std::vector<uint64_t> section_offset;  // [P] byte offset of pair p in `pages`
   std::vector<const uint8_t*> direct;    // [P] pair p in place, or null if its run is split
 
   // Guarded by the owning Shard::mu (not annotatable on a per-shard basis).
@@ -74,6 +89,8 @@ struct Entry {
   uint64_t last_use = 0;    // store clock when last published or unpinned
   Entry* prev = nullptr;    // links in the shard's lru or in_use list
   Entry* next = nullptr;
+  Entry* ns_prev = nullptr; // links in nsref->lru[shard] while in lru or gpu_lru
+  Entry* ns_next = nullptr;
 
   uint64_t num_pages() const { return pages.num_pages(); }
   KeyRef ref() const { return KeyRef{ns, key, hash}; }
@@ -157,6 +174,7 @@ class StoreImpl final : public Store {
   absl::StatusOr<ChunkInfo> Describe(std::string_view ns, const ChunkKey& key) override;
   absl::Status Delete(std::string_view ns, const ChunkKey& key) override;
   StoreStats Stats() const override;
+  std::vector<NamespaceStats> PerNamespaceStats() const override;
 
   // For tests of checksum verification: flips one byte of pair section `pair` of a
   // host-tier chunk in place. NotFound; FailedPrecondition when the chunk is on a device;
@@ -213,11 +231,17 @@ class StoreImpl final : public Store {
   absl::StatusOr<Entry*> PinForRead(std::string_view ns, const ChunkKey& key);
   static absl::StatusOr<kernels::Slice> ResolveRead(const Entry& e, const kernels::Slice& slice,
                                                     kernels::DType out_dtype);
-
-  Shard& ShardFor(uint64_t hash) const {
-    return shards_[(hash >> 40) & (options_.num_shards - 1)];
+  // The dtype a read of pinned `e` decodes to: `requested`, or e's own when unspecified.
+  static kernels::DType ReadDType(const Entry& e, kernels::DType requested) {
+    return requested == kernels::DType::kUnspecified ? e.header.layout.shape.dtype : requested;
   }
+
+  Shard& ShardFor(uint64_t hash) const { return shards_[ShardIndex(hash)]; }
   absl::Status ValidateNamespace(std::string_view ns) const;
+
+  // Why the old chunk of a key being put was removed before the Put published (Publish
+  // settles whether that was a replacement or an eviction).
+  enum class SelfEviction { kNone, kCapacity, kQuota };
 
   // Takes `num_pages` pages, evicting least-recently-read unpinned chunks as needed.
   // ResourceExhausted (nothing evicted) when free plus evictable pages fall short.
@@ -228,6 +252,16 @@ class StoreImpl final : public Store {
   // Removes the globally oldest unpinned entry from the index and returns it for the
   // caller to count and delete outside every lock; null when nothing is evictable.
   Entry* EvictOldest() ABSL_EXCLUSIVE_LOCKS_REQUIRED(alloc_mu_);
+  // Charges the pages of `entry` (not yet charged) to its namespace, first evicting the
+  // namespace's own least recently read unpinned chunks (any tier) while it would exceed
+  // its quota. ResourceExhausted naming the namespace, quota and usage, with nothing
+  // evicted, when even evicting all of them cannot make room. Sets *evicted_self
+  // (kQuota) when the old chunk of the entry's key was one of the victims.
+  absl::Status ChargeQuota(Entry* entry, uint64_t num_pages, SelfEviction* evicted_self);
+  // As EvictOldest, among the unpinned entries of namespace `ns` in every tier.
+  Entry* EvictOldestOf(NamespaceState* ns) ABSL_EXCLUSIVE_LOCKS_REQUIRED(ns->evict_mu);
+  // Counts the eviction of a chunk of namespace `ns`: kQuota or kCapacity.
+  void CountEviction(NamespaceState* ns, SelfEviction cause);
 
   // Pins the entry of `k` (refs++, moved to in_use), or null when absent.
   Entry* PinLocked(Shard& s, const KeyRef& k) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s.mu);
@@ -247,18 +281,29 @@ class StoreImpl final : public Store {
   }
   // Adds a fresh entry (refs 0) to the index as the newest of its tier.
   void InsertLocked(Shard& s, Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s.mu);
+  // Moves an indexed entry that has just become unpinned (refs 1) into its tier's LRU
+  // list and its namespace's list of the shard, as the newest; and back out of both.
+  void LinkEvictableLocked(Shard& s, Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s.mu);
+  void UnlinkEvictableLocked(Shard& s, Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s.mu);
+  uint32_t ShardIndex(uint64_t hash) const {
+    return static_cast<uint32_t>((hash >> 40) & (options_.num_shards - 1));
+  }
   // Parses the header of the encoded `chunk` into the entry with its info and bit counts.
   static absl::Status SetHeader(Entry* entry, const uint8_t* chunk, uint64_t chunk_bytes);
   // Publishes a filled entry, replacing any chunk of its key; settles `evicted_self`.
-  ChunkInfo Publish(std::unique_ptr<Entry> entry, bool evicted_self);
-  // Host tier: allocates pages (evicting), copies the whole encoded `chunk`, publishes.
-  // Parses and keeps the chunk's header (Internal if the encoder wrote a bad one).
+  ChunkInfo Publish(std::unique_ptr<Entry> entry, SelfEviction evicted_self);
+  // Host tier: charges the namespace (unless the entry is charged already; then
+  // `evicted_self` says what that charge evicted), allocates pages (evicting), copies the
+  // whole encoded `chunk`, publishes. Parses and keeps the chunk's header (Internal if the
+  // encoder wrote a bad one).
   absl::StatusOr<ChunkInfo> PutHost(std::unique_ptr<Entry> entry, uint64_t num_pages,
-                                    const uint8_t* chunk, uint64_t chunk_bytes);
+                                    const uint8_t* chunk, uint64_t chunk_bytes,
+                                    SelfEviction evicted_self = SelfEviction::kNone);
   // Replaces `old` (pinned by the caller) with `fresh`, a copy of it in another tier, if
   // `old` is still the indexed chunk of its key; else deletes `fresh`. True if replaced.
   bool ReplaceIfIndexed(Entry* old, std::unique_ptr<Entry> fresh);
-  // A new entry with old's key and metadata, no pages.
+  // A new entry with old's key and metadata, no pages and no charge (ReplaceIfIndexed
+  // moves old's charge to it).
   static std::unique_ptr<Entry> CloneMeta(const Entry& old);
   int HomeTier(std::string_view ns) const;
 
@@ -287,6 +332,8 @@ class StoreImpl final : public Store {
   void NoteGpuError(int t, const absl::Status& st);
 
   const StoreOptions options_;
+  // Declared before pool_ and shards_: every entry holds a reference into it.
+  const std::unique_ptr<NamespaceTable> namespaces_;
   const std::unique_ptr<memory::PagePool> pool_;
   const std::unique_ptr<Shard[]> shards_;
   const std::vector<std::unique_ptr<GpuTier>> gpus_;
@@ -302,6 +349,7 @@ class StoreImpl final : public Store {
   std::atomic<uint64_t> hits_{0};
   std::atomic<uint64_t> misses_{0};
   std::atomic<uint64_t> evictions_{0};
+  std::atomic<uint64_t> quota_evictions_{0};
   std::atomic<uint64_t> puts_{0};
   std::atomic<uint64_t> gets_{0};
   std::atomic<uint64_t> deletes_{0};

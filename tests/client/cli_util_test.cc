@@ -166,6 +166,8 @@ TEST(ExitCodeTest, MapsStatusCodes) {
   EXPECT_EQ(ExitCodeFor(absl::StatusCode::kUnavailable), 4);
   EXPECT_EQ(ExitCodeFor(absl::StatusCode::kDeadlineExceeded), 4);
   EXPECT_EQ(ExitCodeFor(absl::StatusCode::kResourceExhausted), 5);
+  EXPECT_EQ(ExitCodeFor(absl::StatusCode::kUnauthenticated), 6);
+  EXPECT_EQ(ExitCodeFor(absl::StatusCode::kPermissionDenied), 6);
 }
 
 TEST(HumanBytesTest, UsesBinaryUnits) {

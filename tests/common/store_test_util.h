@@ -85,13 +85,16 @@ inline absl::StatusOr<std::vector<uint8_t>> GetBytes(Store& store, std::string_v
   return buf;
 }
 
-// Pool pages a chunk occupies: a run for the header and one per pair section.
+// Pool pages a chunk occupies: a run for the header and one per pair section, or packed.
 inline uint64_t PagesFor(const kernels::ChunkShape& shape, const kernels::CodecConfig& config,
                          uint32_t page) {
   const kernels::ChunkLayout lay = kernels::ComputeLayout(shape, config);
   uint64_t pages = (lay.header_bytes + page - 1) / page;
   for (const auto& p : lay.pairs) pages += (p.bytes + page - 1) / page;
-  return pages;
+  // A chunk is packed (stored verbatim) when that takes at most half the pages of
+  // page-aligned sections (docs/store.md).
+  const uint64_t packed = (lay.total_bytes + page - 1) / page;
+  return 2 * packed <= pages ? packed : pages;
 }
 
 }  // namespace kvstash::store::test_util

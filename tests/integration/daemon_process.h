@@ -38,6 +38,7 @@ class DaemonProcess {
   std::string Log() const;   // stdout + stderr so far
   std::string Stdout() const;
   bool running() const { return pid_ > 0; }
+  pid_t pid() const { return pid_; }
 
  private:
   pid_t pid_ = -1;

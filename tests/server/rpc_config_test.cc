@@ -125,6 +125,8 @@ prefault = true
 shards = 4
 [log]
 level = "debug"
+[auth]
+tokens_file = "/etc/kvstash/tokens.toml"
 )");
   absl::StatusOr<CommandLine> cli = Parse({"--config", f.path()});
   ASSERT_TRUE(cli.ok()) << cli.status();

@@ -179,8 +179,12 @@ TEST_F(StoreTest, RejectsBadSlicesAndDtypes) {
   st = GetBytes(*store, kNs, Key(1), Slice{0, 0, 2, 1});
   EXPECT_EQ(st.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(st.status().message().find("head_range"), std::string::npos) << st.status();
-  st = GetBytes(*store, kNs, Key(1), {}, DType::kUnspecified);
+  st = GetBytes(*store, kNs, Key(1), {}, static_cast<DType>(7));
   EXPECT_EQ(st.status().code(), absl::StatusCode::kInvalidArgument);
+  // Unspecified: the chunk's own dtype (fp16 here).
+  st = GetBytes(*store, kNs, Key(1), {}, DType::kUnspecified);
+  ASSERT_TRUE(st.ok()) << st.status();
+  EXPECT_EQ(*st, Expected(c, {}, c.shape.dtype));
   // An allocator that gives nothing.
   auto info = store->Get(kNs, Key(1), {}, DType::kF16, [](uint64_t) { return nullptr; });
   EXPECT_EQ(info.status().code(), absl::StatusCode::kResourceExhausted);

@@ -6,6 +6,9 @@
 ...     c.put(keys[0], kv)                      # kv: [L, 2, T, H, D] fp16/bf16
 ...     n = c.lookup(keys)                      # leading chunks stored
 
+With authentication and TLS: ``kvstash.Client(address, token=..., tls=kvstash.TlsConfig(
+ca_file="ca.pem"))`` (the token defaults to ``$KVSTASH_TOKEN``).
+
 See docs/python.md for the transports (gRPC bytes, shared memory, CUDA IPC), the paged
 layouts of vLLM and SGLang (:mod:`kvstash.layouts`) and prefix restore.
 """
@@ -16,10 +19,12 @@ from .codec import PRESETS, CodecConfig
 from .errors import Error
 from .keys import ChunkKey, chain_key, chunk_keys
 from .regions import Region
+from .security import TlsConfig, load_token_file
 
 __version__ = "0.3.0"
 
 __all__ = [
     "ChunkInfo", "ChunkKey", "Client", "CodecConfig", "Error", "GetResult", "PRESETS",
-    "PrefixResult", "PutResult", "Region", "Stats", "chain_key", "chunk_keys", "layouts",
+    "PrefixResult", "PutResult", "Region", "Stats", "TlsConfig", "chain_key", "chunk_keys",
+    "layouts", "load_token_file",
 ]

@@ -18,6 +18,7 @@ from .codec import Codec, CodecConfig, codec_to_proto, preset_name
 from .errors import Error, from_rpc, invalid
 from .keys import ChunkKey, _token_array, chunk_keys
 from .regions import LeaseRenewer, Region, create_shm_file, map_shm
+from .security import TlsConfig, call_metadata, channel_credentials, resolve_token
 from .v1 import kvstash_pb2 as pb
 
 log = logging.getLogger("kvstash")
@@ -150,9 +151,20 @@ class Client:
     """A connection to kvstashd.
 
     Args:
-        address: ``host:port`` of the daemon's gRPC port (``server.listen``).
+        address: ``host:port`` of the daemon's gRPC port (``server.listen``), or
+            ``unix:/path/to/kvstash.sock`` for its Unix domain socket.
         namespace: the namespace every call uses (a model, or a tenant); 1-256 bytes.
         timeout: seconds per call (None: no deadline).
+        token: bearer token sent as ``authorization: Bearer <token>`` metadata on every
+            call. None (the default): ``$KVSTASH_TOKEN`` if set and non-empty; ``""``: no
+            token, whatever the environment. Visible ASCII only.
+        tls: connect with TLS (:class:`kvstash.TlsConfig`: CA bundle, client certificate
+            for mutual TLS, server name). None (the default): plaintext.
+
+    A bad token or TLS file raises :class:`kvstash.Error` (``INVALID_ARGUMENT``, naming the
+    argument) here; a daemon that refuses the token answers each call with
+    ``UNAUTHENTICATED`` (no or unknown token) or ``PERMISSION_DENIED`` (not allowed), and a
+    failed TLS handshake is ``UNAVAILABLE``.
 
     Chunks are arrays of shape ``[L, 2, T, H, D]`` (K before V in every layer) of 16-bit
     values: numpy float16, numpy ``ml_dtypes.bfloat16`` (or a numpy uint16 view with
@@ -171,17 +183,27 @@ class Client:
     """
 
     def __init__(self, address: str = "127.0.0.1:7450", namespace: str = "default",
-                 timeout: float | None = 60.0) -> None:
+                 timeout: float | None = 60.0, *, token: str | None = None,
+                 tls: TlsConfig | None = None) -> None:
         ns = namespace.encode("utf-8")
         if not 1 <= len(ns) <= 256:
             raise invalid(f"namespace: {len(ns)} bytes, must be 1 to 256")
         self.address = address
         self.namespace = namespace
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(address, options=[
+        self.tls = tls
+        # Sent with every call: gRPC refuses call credentials on plaintext channels, and a
+        # token must work over loopback and unix: sockets too.
+        self._metadata = call_metadata(resolve_token(token))
+        options = [
             ("grpc.max_send_message_length", _MAX_MESSAGE),
             ("grpc.max_receive_message_length", _MAX_MESSAGE),
-        ])
+        ]
+        if tls is None:
+            self._channel = grpc.insecure_channel(address, options=options)
+        else:
+            creds, tls_options = channel_credentials(tls, address)
+            self._channel = grpc.secure_channel(address, creds, options=options + tls_options)
         self._calls: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._regions: list[Region] = []
@@ -201,7 +223,7 @@ class Client:
                                            response_deserializer=response_type.FromString)
             self._calls[method] = fn
         try:
-            return fn(request, timeout=self.timeout)
+            return fn(request, timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as e:
             raise from_rpc(e, self.address, method) from None
 

@@ -112,7 +112,8 @@ class PrefixCache:
     """Stores prompts' chunks in kvstash and restores the longest stored prefix.
 
     Args:
-        client: a :class:`kvstash.Client` whose namespace names this model exactly.
+        client: a :class:`kvstash.Client` whose namespace names this model exactly (with
+            any address, token and TLS: its calls carry them).
         model: a supported transformers causal LM (see the module docstring); refused with
             ``kvstash.Error`` (INVALID_ARGUMENT) otherwise.
         chunk_tokens: tokens per stored chunk (default 256). Only whole chunks are stored

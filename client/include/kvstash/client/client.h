@@ -28,9 +28,35 @@
 
 namespace kvstash::client {
 
+// TLS on the gRPC connection (docs/api.md, "Authentication and TLS (clients)"). Files are
+// read once, by Client::Connect.
+struct TlsOptions {
+  // Use TLS and verify the daemon's certificate. Default false: plaintext (loopback and
+  // Unix-socket deployments). The other fields require enabled.
+  bool enabled = false;
+  // PEM bundle of the CAs that may sign the daemon's certificate. Default empty: the
+  // system's roots (as gRPC finds them).
+  std::string ca_file;
+  // Mutual TLS: PEM certificate chain and PEM private key this client presents. Both or
+  // neither. Default empty: no client certificate.
+  std::string cert_file;
+  std::string key_file;
+  // Name the daemon's certificate must carry instead of the target's host (test
+  // certificates, an IP address without an IP SAN). Default empty: the target's host, and
+  // "localhost" for unix: targets.
+  std::string server_name_override;
+};
+
 struct ClientOptions {
-  // Daemon address, "host:port" (any gRPC target). Default "127.0.0.1:7450".
+  // Daemon address: "host:port", "unix:/abs/path.sock" (a Unix domain socket), or any
+  // other gRPC target. Default "127.0.0.1:7450".
   std::string target = "127.0.0.1:7450";
+  // Bearer token sent as metadata "authorization: Bearer <token>" on every call, over TLS
+  // or plaintext alike. Visible ASCII only (0x21-0x7e). Default empty: no authorization
+  // metadata. The library reads no environment variable; LoadTokenFile reads a token file.
+  std::string token;
+  // TLS on the connection. Default: plaintext.
+  TlsOptions tls;
   // Deadline of a call that does not set its own. Default 30 s.
   std::chrono::milliseconds default_timeout{30'000};
   // Largest message sent or received, bytes. Default 256 MiB; the daemon has its own limit
@@ -40,6 +66,15 @@ struct ClientOptions {
   // Unavailable otherwise. Default 0: connect lazily on the first call.
   std::chrono::milliseconds connect_timeout{0};
 };
+
+// Reads a bearer token from the file at `path`: its contents less leading and trailing
+// whitespace (so a trailing newline is fine). InvalidArgument naming the path when the file
+// cannot be read, is empty, or holds a character a token cannot have.
+absl::StatusOr<std::string> LoadTokenFile(const std::string& path);
+
+// OK when `token` can be sent as a bearer token (visible ASCII, 0x21-0x7e; empty is OK);
+// InvalidArgument "<field>: byte N (0x..) is not visible ASCII; ..." otherwise.
+absl::Status ValidateToken(std::string_view token, std::string_view field = "token");
 
 // Per-call settings.
 struct CallOptions {
@@ -196,8 +231,11 @@ struct StoreStats {
 
 class Client {
  public:
-  // Creates a channel to options.target. Fails with InvalidArgument for a bad option and,
-  // when options.connect_timeout > 0, with Unavailable if the daemon is not reachable.
+  // Creates a channel to options.target. Fails with InvalidArgument for a bad option (the
+  // message names it: "token: ...", "tls.ca_file: cannot read '...'") and, when
+  // options.connect_timeout > 0, with Unavailable if the daemon is not reachable or the TLS
+  // handshake fails. A daemon that refuses the token answers each call with
+  // Unauthenticated (no or unknown token) or PermissionDenied (token not allowed).
   static absl::StatusOr<std::unique_ptr<Client>> Connect(const ClientOptions& options);
 
   virtual ~Client() = default;

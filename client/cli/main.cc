@@ -627,6 +627,9 @@ int RunStats(const Globals& g) {
                      .Add("version", s.version)
                      .Add("codec_path", s.codec_path)
                      .Add("max_message_bytes", s.max_message_bytes)
+                     .Add("quota_evictions", s.quota_evictions)
+                     .Add("namespaces", static_cast<uint64_t>(s.namespaces.size()))
+                     .Add("namespaces_omitted", s.namespaces_omitted)
                      .str()
               << "\n";
     return kExitOk;
@@ -649,6 +652,13 @@ int RunStats(const Globals& g) {
   PrintRow("evictions", absl::StrCat(s.evictions));
   PrintRow("puts/gets/deletes", absl::StrCat(s.puts, " / ", s.gets, " / ", s.deletes));
   PrintRow("max message", HumanBytes(s.max_message_bytes));
+  for (const client::NamespaceStats& n : s.namespaces)
+    PrintRow(absl::StrCat("namespace ", n.name),
+             absl::StrCat(n.chunks, " chunks, ", HumanBytes(n.allocated_bytes), " allocated",
+                          n.quota_bytes ? absl::StrCat(" of ", HumanBytes(n.quota_bytes)) : "",
+                          ", ", n.quota_evictions + n.capacity_evictions, " evicted"));
+  if (s.namespaces_omitted > 0)
+    PrintRow("namespaces omitted", absl::StrCat(s.namespaces_omitted));
   return kExitOk;
 }
 

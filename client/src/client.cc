@@ -298,6 +298,12 @@ class GrpcClient final : public Client {
     out.version = resp.version();
     out.codec_path = resp.codec_path();
     out.max_message_bytes = resp.max_message_bytes();
+    out.quota_evictions = resp.quota_evictions();
+    out.namespaces_omitted = resp.namespaces_omitted();
+    for (const v1::NamespaceStats& n : resp.namespaces())
+      out.namespaces.push_back({n.namespace_(), n.chunks(), n.allocated_bytes(), n.stored_bytes(),
+                                n.logical_bytes(), n.quota_evictions(), n.capacity_evictions(),
+                                n.quota_bytes()});
     return out;
   }
 

@@ -281,6 +281,17 @@ TEST_F(AuthIntegrationTest, StatsShowTheWholeStoreOnlyToAdmins) {
   EXPECT_EQ(as_bob.used_bytes(), 0u);
   EXPECT_EQ(as_bob.capacity_bytes(), as_ops.capacity_bytes());
   EXPECT_EQ(as_bob.max_message_bytes(), as_ops.max_message_bytes());
+  // Per-namespace figures: the admin sees alice's namespace, bob sees none of it.
+  ASSERT_EQ(bob.Put("bob", 1, Payload(15)).code, grpc::StatusCode::OK);
+  ASSERT_EQ(bob.Stats(&as_bob).code, grpc::StatusCode::OK);
+  ASSERT_EQ(ops.Stats(&as_ops).code, grpc::StatusCode::OK);
+  ASSERT_EQ(as_bob.namespaces_size(), 1);
+  EXPECT_EQ(as_bob.namespaces(0).namespace_(), "bob");
+  EXPECT_EQ(as_bob.namespaces(0).chunks(), 1u);
+  bool ops_sees_alice = false;
+  for (const v1::NamespaceStats& n : as_ops.namespaces())
+    ops_sees_alice |= n.namespace_() == "alice" && n.chunks() == 2;
+  EXPECT_TRUE(ops_sees_alice);
 }
 
 TEST_F(AuthIntegrationTest, SighupReloadsTokensAndABadFileKeepsTheOldOnes) {

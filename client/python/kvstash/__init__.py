@@ -14,7 +14,7 @@ layouts of vLLM and SGLang (:mod:`kvstash.layouts`) and prefix restore.
 """
 
 from . import layouts
-from .client import ChunkInfo, Client, GetResult, PrefixResult, PutResult, Stats
+from .client import ChunkInfo, Client, GetResult, NamespaceStats, PrefixResult, PutResult, Stats
 from .codec import PRESETS, CodecConfig
 from .errors import Error
 from .keys import ChunkKey, chain_key, chunk_keys
@@ -25,6 +25,6 @@ __version__ = "0.3.0"
 
 __all__ = [
     "ChunkInfo", "ChunkKey", "Client", "CodecConfig", "Error", "GetResult", "PRESETS",
-    "PrefixResult", "PutResult", "Region", "Stats", "TlsConfig", "chain_key", "chunk_keys",
+    "NamespaceStats", "PrefixResult", "PutResult", "Region", "Stats", "TlsConfig", "chain_key", "chunk_keys",
     "layouts", "load_token_file",
 ]

@@ -90,8 +90,25 @@ class PrefixResult:
 
 
 @dataclass(frozen=True)
+class NamespaceStats:
+    """One namespace's share of the store (docs/api.md "Stats"). Byte counts are pool
+    bytes actually allocated (whole pages), bytes stored and 16-bit payload bytes."""
+
+    namespace: str
+    chunks: int
+    allocated_bytes: int
+    stored_bytes: int
+    logical_bytes: int
+    quota_evictions: int
+    capacity_evictions: int
+    quota_bytes: int  # 0 = no quota
+
+
+@dataclass(frozen=True)
 class Stats:
-    """Daemon-wide counters (docs/api.md "Stats")."""
+    """Daemon-wide counters (docs/api.md "Stats"). With authentication on, a tenant
+    without the admin right gets only the configuration fields and its own namespaces;
+    the store-wide counters read 0 (docs/security.md)."""
 
     capacity_bytes: int
     used_bytes: int
@@ -110,6 +127,9 @@ class Stats:
     version: str
     codec_path: str
     max_message_bytes: int
+    quota_evictions: int = 0
+    namespaces: tuple[NamespaceStats, ...] = ()  # largest first
+    namespaces_omitted: int = 0  # namespaces beyond those listed
 
 
 def _key(k: KeyLike, what: str) -> pb.ChunkKey:
@@ -256,7 +276,11 @@ class Client:
     def stats(self) -> Stats:
         """Daemon-wide counters."""
         r = self._call("Stats", pb.StatsRequest(), pb.StatsResponse)
-        return Stats(**{f: getattr(r, f) for f in Stats.__dataclass_fields__})
+        fields = {f: getattr(r, f) for f in Stats.__dataclass_fields__ if f != "namespaces"}
+        fields["namespaces"] = tuple(
+            NamespaceStats(**{f: getattr(n, f) for f in NamespaceStats.__dataclass_fields__})
+            for n in r.namespaces)
+        return Stats(**fields)
 
     def lookup(self, keys: Sequence[KeyLike]) -> int:
         """How many leading keys of the chain ``keys`` are stored (0 for an empty list)."""

@@ -64,6 +64,21 @@ def test_a_token_opens_only_its_namespaces(secured):
         assert "write" in e.value.message
 
 
+def test_stats_show_a_tenant_only_its_own_namespaces(secured):
+    with kvstash.Client(secured.address, namespace="alice/x", token="alice-token") as alice:
+        alice.put((3, 1), _kv(3), codec="fp16")
+        s = alice.stats()
+    names = {n.namespace for n in s.namespaces}
+    assert "alice/x" in names
+    assert all(n.startswith("alice") for n in names)
+    assert s.chunks == 0 and s.puts == 0  # store-wide counters are for admins
+    assert s.capacity_bytes > 0
+    x = next(n for n in s.namespaces if n.namespace == "alice/x")
+    assert x.chunks == 1 and x.allocated_bytes >= x.stored_bytes > 0
+    with kvstash.Client(secured.address, namespace="bob", token="bob-token") as bob:
+        assert all(n.namespace == "bob" for n in bob.stats().namespaces)
+
+
 def test_missing_and_wrong_tokens_are_unauthenticated(secured):
     for token in ("", "nobody-token"):
         with kvstash.Client(secured.address, namespace="alice", token=token) as c:

@@ -205,6 +205,20 @@ struct DeleteResult {
   uint32_t not_found = 0;
 };
 
+// One namespace's share of the store (Stats; docs/api.md).
+struct NamespaceStats {
+  std::string name;
+  uint64_t chunks = 0;
+  uint64_t allocated_bytes = 0;     // whole pool pages, every tier
+  uint64_t stored_bytes = 0;
+  uint64_t logical_bytes = 0;       // 16-bit payload bytes
+  uint64_t quota_evictions = 0;     // evicted to keep the namespace within its quota
+  uint64_t capacity_evictions = 0;  // evicted for the store's capacity
+  uint64_t quota_bytes = 0;         // 0 = no quota
+};
+
+// With authentication on, a tenant without the admin right gets the configuration fields
+// and its own namespaces only; the store-wide counters are 0 (docs/security.md).
 struct StoreStats {
   uint64_t capacity_bytes = 0;
   uint64_t used_bytes = 0;
@@ -223,6 +237,9 @@ struct StoreStats {
   std::string version;
   std::string codec_path;      // "avx2", "scalar" or "cuda"
   uint64_t max_message_bytes = 0;
+  uint64_t quota_evictions = 0;
+  std::vector<NamespaceStats> namespaces;  // largest first
+  uint32_t namespaces_omitted = 0;         // namespaces beyond those listed
 
   double compression_ratio() const {
     return stored_bytes ? static_cast<double>(logical_bytes) / stored_bytes : 0.0;

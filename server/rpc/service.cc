@@ -317,14 +317,15 @@ absl::Status HandlePut(store::Store& store, const ServiceOptions& options,
 
   // Every region is pinned (checked: token, namespace, bounds, size) before anything is
   // stored, and stays mapped until the call ends even if it is unregistered meanwhile.
-  // A source in device memory (CUDA IPC) is read by the encode kernels in place. A source
-  // in shared memory (data_region, or a paged cache, gathered) is copied into the daemon's
-  // memory first, one chunk at a time, and stored from that copy only when the region did
-  // not fault during the copy (a file truncated under the request: SIGBUS, caught by the
-  // registry's guard), so no stored chunk holds bytes the file lost. That copy is the only
-  // buffer a Put sizes from its request, so it is bounded before it is allocated
-  // (CheckRegionSource). A chunk is whole even when the client writes the range
-  // concurrently (it then gets what was copied).
+  // A source in device memory (CUDA IPC) is read by the encode kernels in place, and so is
+  // a data_region in shared memory: the store asks (PutOptions::verify_source) whether the
+  // region faulted during the encoder's read (a file truncated under the request: SIGBUS,
+  // caught by the registry's guard) before it publishes anything, so no stored chunk holds
+  // bytes the file lost. A paged cache in shared memory is gathered into the daemon's
+  // memory first, one chunk at a time, and stored from that copy only when no plane
+  // faulted; that copy is the only buffer a Put sizes from its request, so it is bounded
+  // before it is allocated (CheckRegionSource). A chunk is whole even when the client
+  // writes the range concurrently (it then gets what the encoder read).
   std::vector<RegionPin> pins(n);
   std::vector<std::optional<ResolvedPaged>> paged(n);
   std::vector<std::optional<store::DeviceTensor>> device(n);
@@ -369,13 +370,14 @@ absl::Status HandlePut(store::Store& store, const ServiceOptions& options,
     }
     if (absl::Status s = CheckRegionSource(store, options, shape,
                                            ToCodecConfig(c.codec(), shape.num_layers),
-                                           from_shm[i] != 0, p, &capacity);
+                                           from_shm[i] != 0 && paged[i].has_value(), p,
+                                           &capacity);
         !s.ok())
       return s;
   }
 
-  // The copy of a shared-memory payload (one buffer, reused chunk after chunk; not
-  // zero-filled: every byte is written), checked for faults after the copy.
+  // The gathered copy of a paged cache in shared memory (one buffer, reused chunk after
+  // chunk; not zero-filled: every byte is written), checked for faults after the copy.
   std::unique_ptr<uint8_t[]> staging;
   uint64_t staging_bytes = 0;
   auto copy_in = [&](int i) -> absl::StatusOr<std::span<const uint8_t>> {
@@ -393,16 +395,10 @@ absl::Status HandlePut(store::Store& store, const ServiceOptions& options,
             " bytes to copy the payload out of shared memory"));
       staging_bytes = bytes;
     }
-    if (paged[i]) {
-      GatherHost(paged[i]->Window(0, shape.num_tokens), shape.num_layers, shape.num_tokens,
-                 staging.get());
-      for (const RegionPin& pin : paged[i]->pins) {
-        if (absl::Status s = pin.CheckNotFaulted(absl::StrCat(p, ".data_paged")); !s.ok())
-          return s;
-      }
-    } else {
-      std::memcpy(staging.get(), pins[i].data(), bytes);
-      if (absl::Status s = pins[i].CheckNotFaulted(absl::StrCat(p, ".data_region")); !s.ok())
+    GatherHost(paged[i]->Window(0, shape.num_tokens), shape.num_layers, shape.num_tokens,
+               staging.get());
+    for (const RegionPin& pin : paged[i]->pins) {
+      if (absl::Status s = pin.CheckNotFaulted(absl::StrCat(p, ".data_paged")); !s.ok())
         return s;
     }
     return std::span<const uint8_t>(staging.get(), bytes);
@@ -450,14 +446,24 @@ absl::Status HandlePut(store::Store& store, const ServiceOptions& options,
     const ChunkShape shape = ToShape(c.layout(), c.dtype());
     const CodecConfig config = ToCodecConfig(c.codec(), shape.num_layers);
     std::span<const uint8_t> payload = Bytes(c.data());
-    if (from_shm[i]) {
+    store::PutOptions put_options;
+    if (from_shm[i] && !paged[i]) {
+      // Zero-copy: the encoder reads the mapping; the store asks whether the region faulted
+      // during that read before it charges, allocates or publishes anything.
+      payload = {pins[i].data(), pins[i].size()};
+      const RegionPin* pin = &pins[i];
+      put_options.verify_source = [pin, i] {
+        return pin->CheckNotFaulted(absl::StrCat("chunks[", i, "].data_region"));
+      };
+    } else if (from_shm[i]) {
       absl::StatusOr<std::span<const uint8_t>> copied = copy_in(i);
       if (!copied.ok()) return after_stored(copied.status(), i);
       payload = *copied;
     }
     absl::StatusOr<store::ChunkInfo> info =
         device[i] ? store.PutDevice(c.namespace_(), ToStoreKey(c.key()), shape, config, *device[i])
-                  : store.Put(c.namespace_(), ToStoreKey(c.key()), shape, config, payload);
+                  : store.Put(c.namespace_(), ToStoreKey(c.key()), shape, config, payload,
+                              put_options);
     if (!info.ok())
       return after_stored(WithPrefix(absl::StrCat("chunks[", i, "]"), info.status()), i);
     v1::PutResult* result = response->add_results();

@@ -41,7 +41,7 @@ struct ServiceOptions {
   uint32_t worker_threads = 0;
   // Largest request and response in bytes; must equal what the ServerBuilder is given.
   // A Get whose response would exceed it fails with RESOURCE_EXHAUSTED. Also the budget
-  // of a request's buffers sized by the request (a payload copied out of shared memory, a
+  // of a request's buffers sized by the request (a paged payload gathered out of shared memory, a
   // paged result staged for it). Default 256 MiB.
   uint64_t max_message_bytes = 256ull << 20;
   // Longest accepted namespace in bytes; keep equal to StoreOptions::max_namespace_bytes so
@@ -75,7 +75,7 @@ absl::Status ValidateDeleteRequest(const v1::DeleteRequest& request,
 // "chunks[i].data_region..."); FailedPrecondition when `regions` is null, or when the
 // region's file lost pages under the copy (SIGBUS; nothing of that chunk is stored).
 // Before anything is allocated for a region's chunk: ResourceExhausted when it encodes to
-// more than the store's capacity, or when a payload copied out of shared memory exceeds
+// more than the store's capacity, or when a paged payload gathered out of shared memory exceeds
 // options.max_message_bytes (the per-request budget; docs/api.md, "Limits").
 absl::Status HandlePut(store::Store& store, const ServiceOptions& options,
                        const v1::PutRequest& request, v1::PutResponse* response,

@@ -91,6 +91,12 @@ struct PutOptions {
   // namespace's device, hash(namespace) % number of devices. Ignored without GPUs.
   // InvalidArgument when out of range. Default -1.
   int device = -1;
+  // Called once the encoder has finished reading the payload and before anything is
+  // charged, allocated or published; a non-OK status fails the Put with it and leaves the
+  // store unchanged. The rpc layer uses it to refuse a payload read from a shared-memory
+  // region whose file lost pages during the read (SIGBUS caught by the region guard), so
+  // that such a Put stays zero-copy. Default none.
+  std::function<absl::Status()> verify_source;
 };
 
 // 16-bit K/V in the device memory of one GPU tier (a worker's buffer mapped through CUDA

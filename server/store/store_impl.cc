@@ -542,7 +542,13 @@ absl::StatusOr<ChunkInfo> StoreImpl::Put(std::string_view ns, const ChunkKey& ke
   if (const int home = entry->home; home >= 0) {
     if (gpus_[home]->healthy()) {
       return PutGpu(home, std::move(entry), *layout, num_pages,
-                    [&](GpuWorker& w) { return w.Encode(*layout, payload); });
+                    [&](GpuWorker& w) -> absl::StatusOr<const uint8_t*> {
+                      absl::StatusOr<const uint8_t*> encoded = w.Encode(*layout, payload);
+                      if (encoded.ok() && put_options.verify_source) {
+                        if (absl::Status s = put_options.verify_source(); !s.ok()) return s;
+                      }
+                      return encoded;
+                    });
     }
     // The device failed earlier: encode on the CPU into the host tier.
     gpu_fallbacks_.fetch_add(1, std::memory_order_relaxed);
@@ -565,6 +571,9 @@ absl::StatusOr<ChunkInfo> StoreImpl::Put(std::string_view ns, const ChunkKey& ke
   TrimOnExit trim_encode(tls_encode);
   uint8_t* chunk = tls_encode.Get(layout->total_bytes);
   if (auto st = kernels::Encode(*layout, in, chunk, options_.impl); !st.ok()) return st;
+  if (put_options.verify_source) {
+    if (absl::Status st = put_options.verify_source(); !st.ok()) return st;
+  }
   return PutHost(std::move(entry), num_pages, chunk, layout->total_bytes);
 }
 

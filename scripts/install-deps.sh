@@ -13,6 +13,9 @@ pkgs=(
   prometheus-cpp-dev libcivetweb-dev prometheus python3-yaml
   # kvstash-bench --transport redis and bench/compare-redis.sh (the Redis comparison)
   libhiredis-dev redis-server
+  # scripts/fuzz.sh and scripts/test-sanitizers.sh: clang, libFuzzer and the sanitizer
+  # runtimes (libclang-rt-14-dev), llvm-symbolizer for their stack traces (llvm-14)
+  clang-14 libclang-rt-14-dev llvm-14
 )
 # systemd-analyze verifies deploy/systemd/kvstashd.service; only pull in systemd for it
 # when the host has no systemd-analyze at all.

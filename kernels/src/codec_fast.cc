@@ -15,6 +15,7 @@
 //    same integer round-to-nearest-even trick as half.h for bf16.
 // The tests compare this path with the reference byte for byte on random layouts, and
 // are known to fail on an rcp-based division or a wrong tie rule.
+#include <cpuid.h>
 #include <immintrin.h>
 
 #include <algorithm>
@@ -30,6 +31,7 @@
 
 #include "kvstash/kernels/xxh3.h"
 #include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "codec_internal.h"
 #include "kvstash/kernels/half.h"
 
@@ -56,20 +58,19 @@ class WorkerPool {
   unsigned size() const { return static_cast<unsigned>(threads_.size()); }
 
   void Submit(std::function<void()> task) {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      queue_.push_back(std::move(task));
-    }
-    cv_.notify_one();
+    absl::MutexLock lock(&mu_);  // wakes a worker waiting for HasWork on unlock
+    queue_.push_back(std::move(task));
   }
 
  private:
+  bool HasWork() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !queue_.empty(); }
+
   void Loop() {
     for (;;) {
       std::function<void()> task;
       {
-        std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait(lock, [this] { return !queue_.empty(); });
+        absl::MutexLock lock(&mu_);
+        mu_.Await(absl::Condition(this, &WorkerPool::HasWork));
         task = std::move(queue_.front());
         queue_.pop_front();
       }
@@ -77,8 +78,9 @@ class WorkerPool {
     }
   }
 
-  std::mutex mu_;
-  std::condition_variable cv_;
+  // absl::Mutex, not std::mutex: clang's -Wthread-safety checks ABSL_GUARDED_BY only
+  // against an annotated mutex (libstdc++'s std::mutex is not).
+  absl::Mutex mu_;
   std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mu_);
   std::vector<std::thread> threads_;
 };
@@ -150,8 +152,11 @@ class SectionHasher {
 bool HaveAvx2() {
   static const bool have = [] {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           __builtin_cpu_supports("f16c");
+    // F16C straight from CPUID (leaf 1, ECX bit 29): clang before 16 does not know
+    // __builtin_cpu_supports("f16c").
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & bit_F16C) != 0;
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
   }();
   return have;
 }

@@ -26,24 +26,6 @@ absl::Status Bad(absl::string_view origin, size_t index, absl::string_view field
       absl::StrCat(origin, ": tenant[", index, "].", field, ": ", what));
 }
 
-int HexDigit(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-std::optional<Sha256> ParseHex(absl::string_view hex) {
-  if (hex.size() != 64) return std::nullopt;
-  Sha256 out;
-  for (size_t i = 0; i < 32; ++i) {
-    const int hi = HexDigit(hex[2 * i]), lo = HexDigit(hex[2 * i + 1]);
-    if (hi < 0 || lo < 0) return std::nullopt;
-    out[i] = static_cast<uint8_t>(hi << 4 | lo);
-  }
-  return out;
-}
-
 // A list of strings; InvalidArgument naming the field otherwise.
 absl::StatusOr<std::vector<std::string>> Strings(const toml::node& node, absl::string_view origin,
                                                  size_t index, absl::string_view field) {
@@ -66,6 +48,30 @@ Sha256 HashToken(absl::string_view data) {
   Sha256 out;
   SHA256(reinterpret_cast<const unsigned char*>(data.data()), data.size(), out.data());
   return out;
+}
+
+namespace {
+int HexDigit(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+}  // namespace
+
+std::optional<Sha256> ParseSha256Hex(absl::string_view hex) {
+  if (hex.size() != 64) return std::nullopt;
+  Sha256 out;
+  for (size_t i = 0; i < 32; ++i) {
+    const int hi = HexDigit(hex[2 * i]), lo = HexDigit(hex[2 * i + 1]);
+    if (hi < 0 || lo < 0) return std::nullopt;
+    out[i] = static_cast<uint8_t>(hi << 4 | lo);
+  }
+  return out;
+}
+
+bool SameDigest(const Sha256& a, const Sha256& b) {
+  return CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
 }
 
 std::string ToHex(const Sha256& digest) {
@@ -146,7 +152,7 @@ absl::StatusOr<TokenTable> TokenTable::Parse(absl::string_view text, absl::strin
         tenant.name = s->get();
       } else if (field == "token_sha256") {
         const auto* s = v.as_string();
-        std::optional<Sha256> digest = s ? ParseHex(s->get()) : std::nullopt;
+        std::optional<Sha256> digest = s ? ParseSha256Hex(s->get()) : std::nullopt;
         if (!digest)
           return Bad(origin, i, field,
                      "not 64 hex digits (the SHA-256 of the token: printf %s \"$TOKEN\" | "
@@ -225,8 +231,7 @@ const Tenant* TokenTable::FindByToken(absl::string_view token) const {
   for (const Tenant& t : tenants_) {
     if (!t.token_sha256) continue;
     // No early exit: the time taken does not depend on which tenant (if any) matches.
-    const bool equal = CRYPTO_memcmp(digest.data(), t.token_sha256->data(), digest.size()) == 0;
-    if (equal) found = &t;
+    if (SameDigest(digest, *t.token_sha256)) found = &t;
   }
   return found;
 }

@@ -51,6 +51,10 @@ using Sha256 = std::array<uint8_t, 32>;
 Sha256 HashToken(absl::string_view data);
 // Lower-case hex.
 std::string ToHex(const Sha256& digest);
+// 64 hex digits (either case) as a digest; nullopt for anything else.
+std::optional<Sha256> ParseSha256Hex(absl::string_view hex);
+// Whether two digests are equal, in time independent of where they differ.
+bool SameDigest(const Sha256& a, const Sha256& b);
 
 struct Tenant {
   std::string name;

@@ -13,6 +13,7 @@
 #include <string_view>
 
 #include "absl/strings/str_cat.h"
+#include "server/auth/tokens.h"
 
 #ifndef KVSTASH_VERSION
 #define KVSTASH_VERSION "unknown"
@@ -741,8 +742,7 @@ absl::Status ValidateConfig(const DaemonConfig& c) {
        {std::pair{&c.metrics_bearer_token_sha256, "metrics.bearer_token_sha256 (--metrics-token-sha256)"},
         {&c.metrics_basic_auth_password_sha256,
          "metrics.basic_auth_password_sha256 (--metrics-basic-password-sha256)"}}) {
-    if (!value->empty() && (value->size() != 64 || value->find_first_not_of("0123456789abcdefABCDEF") !=
-                                                      std::string::npos))
+    if (!value->empty() && !auth::ParseSha256Hex(*value))
       return Invalid(option, "not 64 hex digits (a SHA-256: printf %s \"$SECRET\" | sha256sum)");
   }
   if (c.metrics_basic_auth_user.empty() != c.metrics_basic_auth_password_sha256.empty())

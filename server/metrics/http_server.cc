@@ -1,9 +1,7 @@
 #include "server/metrics/http_server.h"
 
 #include <civetweb.h>
-#include <openssl/crypto.h>
 #include <openssl/err.h>
-#include <openssl/sha.h>
 #include <openssl/ssl.h>
 
 #include <cstring>
@@ -14,6 +12,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "server/auth/tokens.h"
 #include "server/metrics/metrics.h"
 
 namespace kvstash::metrics {
@@ -42,26 +41,19 @@ std::string tls_broken_reason;            // guarded by tls_mu
 // civetweb's messages logged by this thread while it runs mg_start2 (null otherwise).
 thread_local std::string* start_log = nullptr;
 
-std::array<uint8_t, 32> Sha256(std::string_view data) {
-  std::array<uint8_t, 32> d;
-  SHA256(reinterpret_cast<const unsigned char*>(data.data()), data.size(), d.data());
-  return d;
+// Secrets are handled as in the tokens file (server/auth/tokens.h): SHA-256 digests,
+// compared in constant time.
+auth::Sha256 Sha256(std::string_view data) {
+  return auth::HashToken(absl::string_view(data.data(), data.size()));
 }
 
-bool SameDigest(const std::array<uint8_t, 32>& a, const std::array<uint8_t, 32>& b) {
-  return CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
+bool ParseDigest(const std::string& hex, auth::Sha256* out) {
+  const std::optional<auth::Sha256> d = auth::ParseSha256Hex(hex);
+  if (d) *out = *d;
+  return d.has_value();
 }
 
-// Parses 64 hex digits into a digest.
-bool ParseDigest(std::string_view hex, std::array<uint8_t, 32>* out) {
-  if (hex.size() != 64) return false;
-  for (char c : hex) {
-    if (!absl::ascii_isxdigit(static_cast<unsigned char>(c))) return false;
-  }
-  const std::string bytes = absl::HexStringToBytes(absl::string_view(hex.data(), hex.size()));
-  std::memcpy(out->data(), bytes.data(), out->size());
-  return true;
-}
+using auth::SameDigest;
 
 // The last OpenSSL error of this thread, for messages.
 std::string OpenSslError() {
@@ -106,11 +98,7 @@ bool SplitListen(const std::string& listen, Listen* out) {
 
 }  // namespace
 
-std::string Sha256Hex(std::string_view data) {
-  const std::array<uint8_t, 32> d = Sha256(data);
-  return absl::BytesToHexString(
-      absl::string_view(reinterpret_cast<const char*>(d.data()), d.size()));
-}
+std::string Sha256Hex(std::string_view data) { return auth::ToHex(Sha256(data)); }
 
 absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(
     const HttpServerOptions& options,

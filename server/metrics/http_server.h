@@ -90,7 +90,7 @@ class HttpServer {
   bool ready() const { return ready_.load(std::memory_order_acquire); }
 
  private:
-  using Digest = std::array<uint8_t, 32>;
+  using Digest = std::array<uint8_t, 32>;  // auth::Sha256
 
   HttpServer() = default;
   static int HandleMetrics(mg_connection* conn, void* self);
